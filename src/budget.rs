@@ -1,0 +1,622 @@
+//! The memory budget: a value type, its policy, and the reservation that
+//! enforces it without a contended atomic on every allocation.
+//!
+//! # How the budget is enforced
+//!
+//! A global counter, the *reservation*, is always at least the number of
+//! bytes live through the tracker (the program's and heapwatch's own). Each
+//! thread draws credit from it in chunks of [`CHUNK_BYTES`] and spends the
+//! credit locally: most allocations touch only the thread's own shard. When
+//! a thread's credit runs out it draws again with a compare-and-swap that
+//! never lets the reservation pass the budget (near the budget it draws
+//! exactly what it needs). Frees give credit back to the freeing thread,
+//! which returns anything above `2 × CHUNK_BYTES` to the pool.
+//!
+//! Consequences, which the tests check:
+//!
+//! - Policy [`Policy::Refuse`]: live bytes never exceed the budget, under any
+//!   concurrency (the overshoot bound is zero). The price is that an
+//!   allocation may be refused while up to `threads × 2 × CHUNK_BYTES` of
+//!   the budget sits as other threads' unspent credit.
+//! - The 80% / 95% warnings compare the reservation, so they may fire up to
+//!   that much early, never late.
+//! - `peak_bytes` is the highest reservation: never below the true peak.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::*};
+
+use serde::{Deserialize, Serialize};
+
+use crate::counters::Shard;
+use crate::error::Error;
+
+/// Credit a thread draws from the global reservation at a time.
+pub const CHUNK_BYTES: u64 = 64 * 1024;
+
+const UNLIMITED: u64 = u64::MAX;
+
+/// A memory budget in bytes, or unlimited.
+///
+/// A megabyte here is a mebibyte (2^20 bytes), as `maxMemoryMB` settings
+/// mean it; `"512MB"` and `"512MiB"` parse to the same budget.
+///
+/// # Example
+///
+/// ```
+/// use heapwatch::Budget;
+///
+/// assert_eq!(Budget::from_mb(512).bytes(), Some(512 << 20));
+/// assert_eq!("2GiB".parse::<Budget>().unwrap(), Budget::from_gb(2));
+/// assert_eq!("unlimited".parse::<Budget>().unwrap(), Budget::UNLIMITED);
+/// assert!("12 parsecs".parse::<Budget>().is_err());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Budget(u64);
+
+impl Budget {
+    /// No budget: nothing is refused.
+    pub const UNLIMITED: Budget = Budget(UNLIMITED);
+
+    /// A budget of `bytes` bytes.
+    pub const fn from_bytes(bytes: u64) -> Budget {
+        Budget(bytes)
+    }
+
+    /// A budget of `mb` mebibytes (saturating).
+    pub const fn from_mb(mb: u64) -> Budget {
+        Budget(mb.saturating_mul(1 << 20))
+    }
+
+    /// A budget of `gb` gibibytes (saturating).
+    pub const fn from_gb(gb: u64) -> Budget {
+        Budget(gb.saturating_mul(1 << 30))
+    }
+
+    /// The budget in bytes, `None` when unlimited.
+    pub const fn bytes(self) -> Option<u64> {
+        if self.0 == UNLIMITED {
+            None
+        } else {
+            Some(self.0)
+        }
+    }
+
+    /// Whether this budget refuses nothing.
+    pub const fn is_unlimited(self) -> bool {
+        self.0 == UNLIMITED
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::UNLIMITED
+    }
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.bytes() {
+            None => f.write_str("unlimited"),
+            Some(b) if b != 0 && b % (1 << 30) == 0 => write!(f, "{}GiB", b >> 30),
+            Some(b) if b != 0 && b % (1 << 20) == 0 => write!(f, "{}MiB", b >> 20),
+            Some(b) if b != 0 && b % (1 << 10) == 0 => write!(f, "{}KiB", b >> 10),
+            Some(b) => write!(f, "{b}B"),
+        }
+    }
+}
+
+impl FromStr for Budget {
+    type Err = Error;
+
+    /// Parses `"unlimited"` (or `"none"`, `"off"`), or a number with an
+    /// optional unit: `B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`, `G`/`GB`/`GiB`,
+    /// `T`/`TB`/`TiB` (all binary, case-insensitive). A number without a
+    /// unit is bytes. Fractions are allowed (`"1.5GiB"`).
+    fn from_str(s: &str) -> Result<Budget, Error> {
+        let err = |why: &str| Error::InvalidBudget {
+            input: s.to_string(),
+            reason: why.to_string(),
+        };
+        let t = s.trim();
+        if t.is_empty() {
+            return Err(err("empty"));
+        }
+        let lower = t.to_ascii_lowercase();
+        if matches!(lower.as_str(), "unlimited" | "none" | "off") {
+            return Ok(Budget::UNLIMITED);
+        }
+        let split = lower
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(lower.len());
+        let (num, unit) = lower.split_at(split);
+        let shift = match unit.trim() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            _ => return Err(err("unknown unit (use B, KiB, MiB, GiB or TiB)")),
+        };
+        if num.is_empty() {
+            return Err(err("no number"));
+        }
+        let value: f64 = num.parse().map_err(|_| err("not a number"))?;
+        let bytes = value * (1u64 << shift) as f64;
+        if !bytes.is_finite() || bytes >= UNLIMITED as f64 {
+            return Err(err("too large"));
+        }
+        Ok(Budget(bytes.round() as u64))
+    }
+}
+
+impl Serialize for Budget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.bytes().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Budget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map_or(Budget::UNLIMITED, Budget))
+    }
+}
+
+/// What happens to an allocation that would take the process over budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Return null: `Vec::try_reserve` gets `Err` and the program carries on;
+    /// an infallible allocation reaches `handle_alloc_error`, as for any
+    /// out-of-memory.
+    #[default]
+    Refuse,
+    /// Let the allocation through and count it in `budget_overages`.
+    Warn,
+}
+
+/// Warning thresholds, in percent of the budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// First warning (default 80).
+    pub warning_percent: u8,
+    /// Second warning (default 95).
+    pub critical_percent: u8,
+}
+
+impl Thresholds {
+    /// 80% and 95%.
+    pub const DEFAULT: Thresholds = Thresholds::new(80, 95);
+
+    /// Thresholds at `warning_percent` and `critical_percent` of the budget.
+    /// Values are clamped to 1..=100 and ordered.
+    pub const fn new(warning_percent: u8, critical_percent: u8) -> Thresholds {
+        let w = clamp_pct(warning_percent);
+        let c = clamp_pct(critical_percent);
+        if w <= c {
+            Thresholds { warning_percent: w, critical_percent: c }
+        } else {
+            Thresholds { warning_percent: c, critical_percent: w }
+        }
+    }
+}
+
+const fn clamp_pct(p: u8) -> u8 {
+    if p == 0 {
+        1
+    } else if p > 100 {
+        100
+    } else {
+        p
+    }
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds::DEFAULT
+    }
+}
+
+/// Where the reservation stands against the budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum BudgetLevel {
+    /// Below the warning threshold, or no budget.
+    #[default]
+    Normal = 0,
+    /// At or above the warning threshold (80% by default).
+    Warning = 1,
+    /// At or above the critical threshold (95% by default).
+    Critical = 2,
+    /// Over the budget (possible only with [`Policy::Warn`], or after the
+    /// budget was lowered below what is live).
+    Exceeded = 3,
+}
+
+impl BudgetLevel {
+    fn from_u8(v: u8) -> BudgetLevel {
+        match v {
+            0 => BudgetLevel::Normal,
+            1 => BudgetLevel::Warning,
+            2 => BudgetLevel::Critical,
+            _ => BudgetLevel::Exceeded,
+        }
+    }
+}
+
+static LIMIT: AtomicU64 = AtomicU64::new(UNLIMITED);
+static REFUSE: AtomicBool = AtomicBool::new(true);
+static WARN_PCT: AtomicU8 = AtomicU8::new(80);
+static CRIT_PCT: AtomicU8 = AtomicU8::new(95);
+static RESERVED: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+static DENIALS: AtomicU64 = AtomicU64::new(0);
+static OVERAGES: AtomicU64 = AtomicU64::new(0);
+static LEVEL: AtomicU8 = AtomicU8::new(0);
+static WARNING_CROSSINGS: AtomicU64 = AtomicU64::new(0);
+static CRITICAL_CROSSINGS: AtomicU64 = AtomicU64::new(0);
+static EXCEEDED_CROSSINGS: AtomicU64 = AtomicU64::new(0);
+static ENV_INVALID: AtomicBool = AtomicBool::new(false);
+
+/// A reading of the budget's state, from [`budget_status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BudgetStatus {
+    /// The budget in force.
+    pub budget: Budget,
+    /// The policy in force.
+    pub policy: Policy,
+    /// The thresholds in force.
+    pub thresholds: Thresholds,
+    /// The reservation: live bytes (program and heapwatch) plus the credit
+    /// threads hold. Always at least the live bytes.
+    pub reserved_bytes: u64,
+    /// The highest reservation so far.
+    pub peak_bytes: u64,
+    /// Allocations refused (policy `Refuse`).
+    pub denials: u64,
+    /// Allocations let through over budget (policy `Warn`).
+    pub overages: u64,
+    /// The level now.
+    pub level: BudgetLevel,
+    /// Times the reservation rose to the warning threshold from below.
+    pub warning_crossings: u64,
+    /// Times the reservation rose to the critical threshold from below.
+    pub critical_crossings: u64,
+    /// Times the reservation rose over the budget.
+    pub exceeded_crossings: u64,
+    /// `HEAPWATCH_MAX_MEMORY_MB` was set but could not be parsed (and was
+    /// ignored).
+    pub env_var_invalid: bool,
+}
+
+/// Reads the budget's state. Never allocates.
+///
+/// # Example
+///
+/// ```
+/// let status = heapwatch::budget_status();
+/// assert_eq!(status.level, heapwatch::BudgetLevel::Normal);
+/// ```
+pub fn budget_status() -> BudgetStatus {
+    status()
+}
+
+pub(crate) fn status() -> BudgetStatus {
+    BudgetStatus {
+        budget: Budget(LIMIT.load(Relaxed)),
+        policy: if REFUSE.load(Relaxed) { Policy::Refuse } else { Policy::Warn },
+        thresholds: Thresholds::new(WARN_PCT.load(Relaxed), CRIT_PCT.load(Relaxed)),
+        reserved_bytes: RESERVED.load(Relaxed),
+        peak_bytes: PEAK.load(Relaxed),
+        denials: DENIALS.load(Relaxed),
+        overages: OVERAGES.load(Relaxed),
+        level: BudgetLevel::from_u8(LEVEL.load(Relaxed)),
+        warning_crossings: WARNING_CROSSINGS.load(Relaxed),
+        critical_crossings: CRITICAL_CROSSINGS.load(Relaxed),
+        exceeded_crossings: EXCEEDED_CROSSINGS.load(Relaxed),
+        env_var_invalid: ENV_INVALID.load(Relaxed),
+    }
+}
+
+/// Sets the budget at run time. Takes effect for the next allocation that
+/// draws credit. Lowering it below what is live refuses (or, with
+/// [`Policy::Warn`], reports) further growth; it frees nothing.
+///
+/// # Example
+///
+/// ```
+/// heapwatch::set_budget(heapwatch::Budget::from_mb(512));
+/// assert_eq!(heapwatch::budget_status().budget.bytes(), Some(512 << 20));
+/// heapwatch::set_budget(heapwatch::Budget::UNLIMITED);
+/// ```
+pub fn set_budget(budget: Budget) {
+    LIMIT.store(budget.0, Relaxed);
+    update_level(RESERVED.load(Relaxed));
+}
+
+/// Sets the policy for allocations over budget.
+pub fn set_budget_policy(policy: Policy) {
+    REFUSE.store(policy == Policy::Refuse, Relaxed);
+}
+
+/// Sets the warning thresholds.
+pub fn set_budget_thresholds(thresholds: Thresholds) {
+    WARN_PCT.store(thresholds.warning_percent, Relaxed);
+    CRIT_PCT.store(thresholds.critical_percent, Relaxed);
+    update_level(RESERVED.load(Relaxed));
+}
+
+/// Applies a tracker's const configuration, then `HEAPWATCH_MAX_MEMORY_MB`.
+/// Called once, from the first allocation; must not allocate.
+pub(crate) fn configure(budget: Budget, policy: Policy, thresholds: Thresholds) {
+    set_budget_policy(policy);
+    set_budget_thresholds(thresholds);
+    let budget = match read_env_mb(b"HEAPWATCH_MAX_MEMORY_MB\0") {
+        EnvMb::Unset => budget,
+        EnvMb::Value(b) => b,
+        EnvMb::Invalid => {
+            ENV_INVALID.store(true, Relaxed);
+            budget
+        }
+    };
+    set_budget(budget);
+}
+
+enum EnvMb {
+    Unset,
+    Value(Budget),
+    Invalid,
+}
+
+/// Reads an environment variable holding whole mebibytes, without
+/// allocating (`libc::getenv` and a byte loop). `0`, `unlimited` and an
+/// empty value mean unlimited.
+fn read_env_mb(name: &[u8]) -> EnvMb {
+    // SAFETY: `name` is NUL-terminated. `getenv` returns null or a pointer
+    // to a NUL-terminated string owned by the environment; it is read
+    // before `main` runs (first allocation), when no thread can be changing
+    // the environment.
+    let p = unsafe { libc::getenv(name.as_ptr().cast()) };
+    if p.is_null() {
+        return EnvMb::Unset;
+    }
+    // SAFETY: non-null `getenv` results are valid NUL-terminated strings.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
+    parse_mb(bytes)
+}
+
+fn parse_mb(bytes: &[u8]) -> EnvMb {
+    let trimmed = bytes.trim_ascii();
+    if trimmed.is_empty() || trimmed.eq_ignore_ascii_case(b"unlimited") {
+        return EnvMb::Value(Budget::UNLIMITED);
+    }
+    let mut mb: u64 = 0;
+    for &b in trimmed {
+        if !b.is_ascii_digit() {
+            return EnvMb::Invalid;
+        }
+        mb = match mb.checked_mul(10).and_then(|m| m.checked_add(u64::from(b - b'0'))) {
+            Some(m) => m,
+            None => return EnvMb::Invalid,
+        };
+    }
+    if mb == 0 {
+        EnvMb::Value(Budget::UNLIMITED)
+    } else {
+        EnvMb::Value(Budget::from_mb(mb))
+    }
+}
+
+// ---- the hook's side -------------------------------------------------------
+
+/// Admits an allocation of `size` bytes on `shard`: true if it may go ahead.
+/// Never allocates or panics. Follow with [`consume`] on success or
+/// [`cancel`] if the inner allocator fails.
+#[inline(always)]
+pub(crate) fn admit(shard: &Shard, size: usize) -> bool {
+    if shard.is_exclusive() && shard.credit.load(Relaxed) >= size as i64 {
+        return true;
+    }
+    admit_slow(shard, size as u64)
+}
+
+#[cold]
+#[inline(never)]
+fn admit_slow(shard: &Shard, size: u64) -> bool {
+    let (need, want) = if shard.is_exclusive() {
+        let credit = shard.credit.load(Relaxed);
+        let need = (size as i64).saturating_sub(credit).max(0) as u64;
+        (need, need.saturating_add(CHUNK_BYTES))
+    } else {
+        // The shared shard holds no credit: it reserves exactly.
+        (size, size)
+    };
+    let limit = LIMIT.load(Relaxed);
+    let granted = RESERVED.fetch_update(Relaxed, Relaxed, |r| {
+        match r.checked_add(want) {
+            Some(n) if n <= limit => return Some(n),
+            _ => {}
+        }
+        match r.checked_add(need) {
+            Some(n) if n <= limit => Some(n),
+            _ => None,
+        }
+    });
+    let (granted, now) = match granted {
+        Ok(prev) => {
+            // The closure's choice, made again from the same `prev`.
+            let g = if prev.checked_add(want).is_some_and(|n| n <= limit) {
+                want
+            } else {
+                need
+            };
+            (g, prev + g)
+        }
+        Err(_) if REFUSE.load(Relaxed) => {
+            DENIALS.fetch_add(1, Relaxed);
+            return false;
+        }
+        Err(_) => {
+            OVERAGES.fetch_add(1, Relaxed);
+            let prev = RESERVED.fetch_add(need, Relaxed);
+            (need, prev.wrapping_add(need))
+        }
+    };
+    if shard.is_exclusive() {
+        shard.add_i(&shard.credit, granted as i64);
+    }
+    PEAK.fetch_max(now, Relaxed);
+    update_level(now);
+    true
+}
+
+/// Spends the credit of an admitted allocation that succeeded.
+#[inline(always)]
+pub(crate) fn consume(shard: &Shard, size: usize) {
+    if shard.is_exclusive() {
+        shard.add_i(&shard.credit, -(size as i64));
+    }
+}
+
+/// Undoes [`admit`] for an allocation the inner allocator failed.
+#[inline(always)]
+pub(crate) fn cancel(shard: &Shard, size: usize) {
+    if !shard.is_exclusive() {
+        RESERVED.fetch_sub(size as u64, Relaxed);
+    }
+}
+
+/// Gives the bytes of a freed block back as credit.
+#[inline(always)]
+pub(crate) fn release(shard: &Shard, size: usize) {
+    if shard.is_exclusive() {
+        let c = shard.credit.load(Relaxed).wrapping_add(size as i64);
+        shard.credit.store(c, Relaxed);
+        if c > 2 * CHUNK_BYTES as i64 {
+            release_slow(shard, c);
+        }
+    } else {
+        let prev = RESERVED.fetch_sub(size as u64, Relaxed);
+        update_level(prev.wrapping_sub(size as u64));
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn release_slow(shard: &Shard, credit: i64) {
+    let give = (credit - CHUNK_BYTES as i64) as u64;
+    shard.credit.store(CHUNK_BYTES as i64, Relaxed);
+    let prev = RESERVED.fetch_sub(give, Relaxed);
+    update_level(prev.wrapping_sub(give));
+}
+
+/// Returns all of a shard's credit to the pool (its thread is exiting).
+pub(crate) fn return_all_credit(shard: &Shard) {
+    if !shard.is_exclusive() {
+        return;
+    }
+    let c = shard.credit.swap(0, Relaxed);
+    if c > 0 {
+        RESERVED.fetch_sub(c as u64, Relaxed);
+    } else if c < 0 {
+        RESERVED.fetch_add(c.unsigned_abs(), Relaxed);
+    }
+}
+
+fn level_of(reserved: u64) -> BudgetLevel {
+    let limit = LIMIT.load(Relaxed);
+    if limit == UNLIMITED {
+        return BudgetLevel::Normal;
+    }
+    let pct = |p: u8| (limit as u128 * u128::from(p) / 100) as u64;
+    if reserved > limit {
+        BudgetLevel::Exceeded
+    } else if reserved >= pct(CRIT_PCT.load(Relaxed)) {
+        BudgetLevel::Critical
+    } else if reserved >= pct(WARN_PCT.load(Relaxed)) {
+        BudgetLevel::Warning
+    } else {
+        BudgetLevel::Normal
+    }
+}
+
+/// Records the level for a new reservation, counting upward crossings.
+/// Atomics only; called from the hook's slow paths.
+fn update_level(reserved: u64) {
+    let new = level_of(reserved) as u8;
+    let old = LEVEL.swap(new, Relaxed);
+    if new > old {
+        if old < 1 && new >= 1 {
+            WARNING_CROSSINGS.fetch_add(1, Relaxed);
+        }
+        if old < 2 && new >= 2 {
+            CRITICAL_CROSSINGS.fetch_add(1, Relaxed);
+        }
+        if old < 3 && new >= 3 {
+            EXCEEDED_CROSSINGS.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        let p = |s: &str| s.parse::<Budget>().unwrap().bytes();
+        assert_eq!(p("512MB"), Some(512 << 20));
+        assert_eq!(p("512 MiB"), Some(512 << 20));
+        assert_eq!(p("2GiB"), Some(2 << 30));
+        assert_eq!(p("1.5g"), Some(3 << 29));
+        assert_eq!(p("4096"), Some(4096));
+        assert_eq!(p("64KiB"), Some(64 << 10));
+        assert_eq!(p("unlimited"), None);
+        assert_eq!(p("NONE"), None);
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_reason() {
+        for bad in ["", "MB", "12 parsecs", "-5MB", "1e999GB", "1.2.3MB"] {
+            let e = bad.parse::<Budget>().unwrap_err();
+            assert!(e.to_string().contains("budget"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for b in [
+            Budget::from_mb(512),
+            Budget::from_gb(3),
+            Budget::from_bytes(1000),
+            Budget::from_bytes(0),
+            Budget::UNLIMITED,
+        ] {
+            assert_eq!(b.to_string().parse::<Budget>().unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn env_values() {
+        assert!(matches!(parse_mb(b"512"), EnvMb::Value(b) if b == Budget::from_mb(512)));
+        assert!(matches!(parse_mb(b" 64 "), EnvMb::Value(b) if b == Budget::from_mb(64)));
+        assert!(matches!(parse_mb(b"0"), EnvMb::Value(b) if b.is_unlimited()));
+        assert!(matches!(parse_mb(b""), EnvMb::Value(b) if b.is_unlimited()));
+        assert!(matches!(parse_mb(b"512MB"), EnvMb::Invalid));
+        assert!(matches!(parse_mb(b"99999999999999999999999"), EnvMb::Invalid));
+    }
+
+    #[test]
+    fn thresholds_are_clamped_and_ordered() {
+        assert_eq!(Thresholds::new(95, 80), Thresholds::new(80, 95));
+        assert_eq!(Thresholds::new(0, 200), Thresholds::new(1, 100));
+    }
+}

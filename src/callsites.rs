@@ -1,0 +1,648 @@
+//! The callsite table and the table of live sampled blocks.
+//!
+//! Both have a fixed capacity, chosen in the tracker's builder and mapped
+//! (anonymous `mmap`, never the heap) at the first sampled allocation:
+//!
+//! - **Callsites**: open addressing, insert-only, lock-free. A slot is
+//!   claimed with a compare-and-swap on its hash, filled, then published
+//!   with a release store. It holds the raw return addresses and four
+//!   counters (weighted allocations, bytes, frees, freed bytes). Capacity
+//!   [`DEFAULT_MAX_CALLSITES`]; filled to 7/8 at most.
+//! - **Live sampled blocks**: address → (callsite, size, weight), in 64
+//!   stripes, each a small open-addressing table behind a spin lock that is
+//!   held only for a few loads and stores and never across an allocation.
+//!   Capacity [`DEFAULT_MAX_LIVE_SAMPLES`].
+//! - **A counting filter** of 65,536 bytes over block addresses: a free whose
+//!   filter byte is zero was certainly not sampled and costs one load.
+//!
+//! Overflow is never silent: a sample whose stack finds no free callsite
+//! slot is counted in the *unattributed* row (and its free subtracted there
+//! again); a sample that finds no free live-block slot is counted in
+//! [`Unattributed`] as `untracked`, since its free cannot be matched.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::{self, MAX_FRAMES};
+use crate::sampling::{weighted_bytes, weighted_count};
+
+/// Default capacity of the callsite table.
+pub const DEFAULT_MAX_CALLSITES: usize = 16 * 1024;
+/// Default capacity of the live sampled block table.
+pub const DEFAULT_MAX_LIVE_SAMPLES: usize = 256 * 1024;
+
+const STRIPES: usize = 64;
+const FILTER_LEN: usize = 1 << 16;
+const BUSY: u64 = 1 << 63;
+/// Callsite index of the unattributed row.
+const UNATTRIBUTED: u32 = u32::MAX;
+
+/// One callsite: raw frames and weighted counters.
+#[repr(C)]
+struct Site {
+    hash: AtomicU64,
+    len: AtomicUsize,
+    frames: [AtomicUsize; MAX_FRAMES],
+    counters: SiteCounters,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct SiteCounters {
+    allocs_w: AtomicU64,
+    alloc_bytes: AtomicU64,
+    frees_w: AtomicU64,
+    freed_bytes: AtomicU64,
+}
+
+impl SiteCounters {
+    const fn new() -> SiteCounters {
+        SiteCounters {
+            allocs_w: AtomicU64::new(0),
+            alloc_bytes: AtomicU64::new(0),
+            frees_w: AtomicU64::new(0),
+            freed_bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn read(&self) -> SiteFigures {
+        let allocs_w = self.allocs_w.load(Relaxed);
+        let frees_w = self.frees_w.load(Relaxed);
+        let alloc_bytes = self.alloc_bytes.load(Relaxed);
+        let freed_bytes = self.freed_bytes.load(Relaxed);
+        SiteFigures {
+            allocations: weighted_count(allocs_w),
+            allocated_bytes: alloc_bytes,
+            frees: weighted_count(frees_w),
+            freed_bytes,
+            live_blocks: weighted_count(allocs_w.saturating_sub(frees_w)),
+            live_bytes: alloc_bytes.saturating_sub(freed_bytes),
+        }
+    }
+}
+
+/// A callsite's figures (estimates when sampled by bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SiteFigures {
+    pub(crate) allocations: u64,
+    pub(crate) allocated_bytes: u64,
+    pub(crate) frees: u64,
+    pub(crate) freed_bytes: u64,
+    pub(crate) live_blocks: u64,
+    pub(crate) live_bytes: u64,
+}
+
+/// One live sampled block.
+#[repr(C)]
+struct Slot {
+    key: AtomicUsize,
+    site: AtomicU32,
+    size: AtomicU64,
+    weight: AtomicU64,
+}
+
+/// A sampled block's record, taken out of the table when it is freed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Record {
+    site: u32,
+    size: u64,
+    weight: u64,
+}
+
+#[repr(align(64))]
+struct Stripe {
+    locked: AtomicBool,
+    used: AtomicUsize,
+}
+
+impl Stripe {
+    const fn new() -> Stripe {
+        Stripe {
+            locked: AtomicBool::new(false),
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> StripeGuard<'_> {
+        let mut spins = 0u32;
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            spins += 1;
+            if spins == 1 {
+                CONTENDED.fetch_add(1, Relaxed);
+            }
+            if spins < 100 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        StripeGuard(self)
+    }
+}
+
+struct StripeGuard<'a>(&'a Stripe);
+
+impl Drop for StripeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.locked.store(false, Release);
+    }
+}
+
+static CONF_SITES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_CALLSITES);
+static CONF_RECORDS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_LIVE_SAMPLES);
+
+const TABLES_NONE: u8 = 0;
+const TABLES_BUSY: u8 = 1;
+const TABLES_READY: u8 = 2;
+const TABLES_FAILED: u8 = 3;
+static TABLES: AtomicU8 = AtomicU8::new(TABLES_NONE);
+static SITES: AtomicPtr<Site> = AtomicPtr::new(std::ptr::null_mut());
+static SITES_CAP: AtomicUsize = AtomicUsize::new(0);
+static SITES_USED: AtomicUsize = AtomicUsize::new(0);
+static RECORDS: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+static RECORDS_CAP: AtomicUsize = AtomicUsize::new(0);
+
+static STRIPE_LOCKS: [Stripe; STRIPES] = [const { Stripe::new() }; STRIPES];
+static FILTER: [AtomicU8; FILTER_LEN] = [const { AtomicU8::new(0) }; FILTER_LEN];
+static UNATTRIBUTED_ROW: SiteCounters = SiteCounters::new();
+
+static DROPPED_SITE_FULL: AtomicU64 = AtomicU64::new(0);
+static DROPPED_LIVE_FULL: AtomicU64 = AtomicU64::new(0);
+static DROPPED_NO_TABLES: AtomicU64 = AtomicU64::new(0);
+static UNTRACKED_ALLOCS_W: AtomicU64 = AtomicU64::new(0);
+static UNTRACKED_BYTES: AtomicU64 = AtomicU64::new(0);
+static CONTENDED: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the capacities; they take effect when the tables are mapped, at the
+/// first sampled allocation.
+pub(crate) fn configure(max_callsites: usize, max_live_samples: usize) {
+    CONF_SITES.store(max_callsites.clamp(64, 1 << 24), Relaxed);
+    CONF_RECORDS.store(max_live_samples.clamp(STRIPES * 16, 1 << 28), Relaxed);
+}
+
+fn map_zeroed(bytes: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping with no address hint has no
+    // preconditions; the result is checked for MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        std::ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// Maps the tables on first use. False while another thread maps them, or
+/// if mapping failed.
+fn tables_ready() -> bool {
+    match TABLES.load(Acquire) {
+        TABLES_READY => return true,
+        TABLES_NONE => {}
+        _ => return false,
+    }
+    if TABLES
+        .compare_exchange(TABLES_NONE, TABLES_BUSY, Acquire, Relaxed)
+        .is_err()
+    {
+        return TABLES.load(Acquire) == TABLES_READY;
+    }
+    let sites_cap = CONF_SITES.load(Relaxed).next_power_of_two();
+    let records_cap = CONF_RECORDS.load(Relaxed).next_power_of_two();
+    let sites = map_zeroed(sites_cap * std::mem::size_of::<Site>());
+    let records = map_zeroed(records_cap * std::mem::size_of::<Slot>());
+    if sites.is_null() || records.is_null() {
+        TABLES.store(TABLES_FAILED, Release);
+        return false;
+    }
+    SITES.store(sites.cast(), Relaxed);
+    SITES_CAP.store(sites_cap, Relaxed);
+    RECORDS.store(records.cast(), Relaxed);
+    RECORDS_CAP.store(records_cap, Relaxed);
+    TABLES.store(TABLES_READY, Release);
+    true
+}
+
+fn sites() -> &'static [Site] {
+    if TABLES.load(Acquire) != TABLES_READY {
+        return &[];
+    }
+    // SAFETY: once TABLES is READY (acquire), SITES points to a mapping of
+    // SITES_CAP zero-initialised `Site`s (all-zero is a valid `Site`: only
+    // atomics) that is never unmapped.
+    unsafe { std::slice::from_raw_parts(SITES.load(Relaxed), SITES_CAP.load(Relaxed)) }
+}
+
+fn records() -> &'static [Slot] {
+    if TABLES.load(Acquire) != TABLES_READY {
+        return &[];
+    }
+    // SAFETY: as for `sites`: RECORDS_CAP zero-initialised `Slot`s, mapped
+    // for the rest of the program.
+    unsafe { std::slice::from_raw_parts(RECORDS.load(Relaxed), RECORDS_CAP.load(Relaxed)) }
+}
+
+#[inline(always)]
+fn mix(x: u64) -> u64 {
+    let x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 29)
+}
+
+#[inline(always)]
+fn filter_index(ptr: usize) -> usize {
+    (mix(ptr as u64) >> 48) as usize & (FILTER_LEN - 1)
+}
+
+/// False if the block at `ptr` was certainly not sampled (one load).
+#[inline(always)]
+pub(crate) fn maybe_sampled(ptr: usize) -> bool {
+    FILTER
+        .get(filter_index(ptr))
+        .is_some_and(|f| f.load(Relaxed) != 0)
+}
+
+fn filter_add(ptr: usize) {
+    if let Some(f) = FILTER.get(filter_index(ptr)) {
+        let _ = f.fetch_update(Relaxed, Relaxed, |v| v.checked_add(1));
+    }
+}
+
+fn filter_remove(ptr: usize) {
+    if let Some(f) = FILTER.get(filter_index(ptr)) {
+        // A saturated counter stays saturated: it no longer knows its count.
+        let _ = f.fetch_update(Relaxed, Relaxed, |v| if v == u8::MAX || v == 0 { None } else { Some(v - 1) });
+    }
+}
+
+fn frames_hash(frames: &[usize]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ frames.len() as u64;
+    for &f in frames {
+        h = mix(h ^ f as u64);
+    }
+    ((h >> 1) | 1) & !BUSY
+}
+
+/// Finds or inserts the callsite for `frames`; `None` when the table is full.
+fn find_or_insert(frames: &[usize]) -> Option<u32> {
+    let table = sites();
+    let cap = table.len();
+    if cap == 0 {
+        return None;
+    }
+    let h = frames_hash(frames);
+    let mut idx = h as usize & (cap - 1);
+    for _ in 0..cap {
+        let slot = table.get(idx)?;
+        let mut cur = slot.hash.load(Acquire);
+        if cur == 0 {
+            if SITES_USED.load(Relaxed) >= cap - cap / 8 {
+                return None;
+            }
+            match slot.hash.compare_exchange(0, h | BUSY, Acquire, Acquire) {
+                Ok(_) => {
+                    for (dst, &src) in slot.frames.iter().zip(frames) {
+                        dst.store(src, Relaxed);
+                    }
+                    slot.len.store(frames.len(), Relaxed);
+                    slot.hash.store(h, Release);
+                    SITES_USED.fetch_add(1, Relaxed);
+                    return u32::try_from(idx).ok();
+                }
+                Err(now) => cur = now,
+            }
+        }
+        if cur & !BUSY == h {
+            let mut spins = 0u32;
+            while cur & BUSY != 0 {
+                spins += 1;
+                if spins > 1_000 {
+                    std::thread::yield_now();
+                }
+                std::hint::spin_loop();
+                cur = slot.hash.load(Acquire);
+            }
+            if same_frames(slot, frames) {
+                return u32::try_from(idx).ok();
+            }
+        }
+        idx = (idx + 1) & (cap - 1);
+    }
+    None
+}
+
+fn same_frames(slot: &Site, frames: &[usize]) -> bool {
+    slot.len.load(Relaxed) == frames.len()
+        && slot
+            .frames
+            .iter()
+            .zip(frames)
+            .all(|(a, &b)| a.load(Relaxed) == b)
+}
+
+fn counters_of(site: u32) -> &'static SiteCounters {
+    if site == UNATTRIBUTED {
+        return &UNATTRIBUTED_ROW;
+    }
+    match sites().get(site as usize) {
+        Some(s) => &s.counters,
+        None => &UNATTRIBUTED_ROW,
+    }
+}
+
+/// Records a sampled allocation: captures the stack, finds its callsite,
+/// stores the block. Called from the hook with the reentrancy guard held;
+/// allocation-free and panic-free.
+pub(crate) fn record_alloc(ptr: usize, size: usize, weight: u64) {
+    let size = size as u64;
+    if !tables_ready() {
+        DROPPED_NO_TABLES.fetch_add(1, Relaxed);
+        UNATTRIBUTED_ROW.allocs_w.fetch_add(weight, Relaxed);
+        UNATTRIBUTED_ROW.alloc_bytes.fetch_add(weighted_bytes(size, weight), Relaxed);
+        untracked(size, weight);
+        return;
+    }
+    let mut frames = [0usize; MAX_FRAMES];
+    let n = capture::capture(&mut frames);
+    let site = match find_or_insert(frames.get(..n).unwrap_or(&[])) {
+        Some(s) => s,
+        None => {
+            DROPPED_SITE_FULL.fetch_add(1, Relaxed);
+            UNATTRIBUTED
+        }
+    };
+    let c = counters_of(site);
+    c.allocs_w.fetch_add(weight, Relaxed);
+    c.alloc_bytes.fetch_add(weighted_bytes(size, weight), Relaxed);
+    if !insert(ptr, Record { site, size, weight }) {
+        DROPPED_LIVE_FULL.fetch_add(1, Relaxed);
+        untracked(size, weight);
+    }
+}
+
+fn untracked(size: u64, weight: u64) {
+    UNTRACKED_ALLOCS_W.fetch_add(weight, Relaxed);
+    UNTRACKED_BYTES.fetch_add(weighted_bytes(size, weight), Relaxed);
+}
+
+/// Counts the free of a sampled block at its callsite.
+pub(crate) fn record_free(rec: &Record) {
+    let c = counters_of(rec.site);
+    c.frees_w.fetch_add(rec.weight, Relaxed);
+    c.freed_bytes.fetch_add(weighted_bytes(rec.size, rec.weight), Relaxed);
+}
+
+/// Puts a record back (a `realloc` that failed leaves the block as it was).
+pub(crate) fn put_back(ptr: usize, rec: Record) {
+    if !insert(ptr, rec) {
+        // Counted as allocated at its site but no longer matchable.
+        DROPPED_LIVE_FULL.fetch_add(1, Relaxed);
+        untracked(rec.size, rec.weight);
+    }
+}
+
+fn stripe_of(ptr: usize) -> (usize, u64) {
+    let h = mix(ptr as u64);
+    ((h as usize) & (STRIPES - 1), h >> 6)
+}
+
+/// The stripe's part of the record table.
+fn stripe_slots(stripe: usize) -> &'static [Slot] {
+    let all = records();
+    let per = all.len() / STRIPES;
+    all.get(stripe * per..(stripe + 1) * per).unwrap_or(&[])
+}
+
+fn insert(ptr: usize, rec: Record) -> bool {
+    if ptr == 0 {
+        return false;
+    }
+    let (stripe, h) = stripe_of(ptr);
+    let slots = stripe_slots(stripe);
+    let cap = slots.len();
+    let Some(lock) = STRIPE_LOCKS.get(stripe) else {
+        return false;
+    };
+    if cap == 0 {
+        return false;
+    }
+    let _g = lock.lock();
+    let mut i = h as usize & (cap - 1);
+    for _ in 0..cap {
+        let Some(slot) = slots.get(i) else {
+            return false;
+        };
+        let key = slot.key.load(Relaxed);
+        if key == 0 || key == ptr {
+            if key == 0 {
+                if lock.used.load(Relaxed) >= cap - cap / 8 {
+                    return false;
+                }
+                lock.used.fetch_add(1, Relaxed);
+                filter_add(ptr);
+            }
+            slot.key.store(ptr, Relaxed);
+            slot.site.store(rec.site, Relaxed);
+            slot.size.store(rec.size, Relaxed);
+            slot.weight.store(rec.weight, Relaxed);
+            return true;
+        }
+        i = (i + 1) & (cap - 1);
+    }
+    false
+}
+
+/// Removes and returns the record of the block at `ptr`, if it has one.
+pub(crate) fn take(ptr: usize) -> Option<Record> {
+    let (stripe, h) = stripe_of(ptr);
+    let slots = stripe_slots(stripe);
+    let cap = slots.len();
+    let lock = STRIPE_LOCKS.get(stripe)?;
+    if cap == 0 {
+        return None;
+    }
+    let _g = lock.lock();
+    let mask = cap - 1;
+    let mut i = h as usize & mask;
+    for _ in 0..cap {
+        let slot = slots.get(i)?;
+        let key = slot.key.load(Relaxed);
+        if key == 0 {
+            return None;
+        }
+        if key == ptr {
+            let rec = Record {
+                site: slot.site.load(Relaxed),
+                size: slot.size.load(Relaxed),
+                weight: slot.weight.load(Relaxed),
+            };
+            remove_at(slots, i, mask);
+            lock.used.fetch_sub(1, Relaxed);
+            filter_remove(ptr);
+            return Some(rec);
+        }
+        i = (i + 1) & mask;
+    }
+    None
+}
+
+/// Backward-shift deletion: keeps every probe chain unbroken without
+/// tombstones. Caller holds the stripe lock.
+fn remove_at(slots: &[Slot], mut hole: usize, mask: usize) {
+    let mut j = hole;
+    loop {
+        j = (j + 1) & mask;
+        let Some(next) = slots.get(j) else { break };
+        let key = next.key.load(Relaxed);
+        if key == 0 {
+            break;
+        }
+        let home = (stripe_of(key).1 as usize) & mask;
+        // Move `next` into the hole if its home is not in (hole, j].
+        let between = if hole <= j {
+            hole < home && home <= j
+        } else {
+            hole < home || home <= j
+        };
+        if between {
+            continue;
+        }
+        if let Some(h) = slots.get(hole) {
+            h.key.store(key, Relaxed);
+            h.site.store(next.site.load(Relaxed), Relaxed);
+            h.size.store(next.size.load(Relaxed), Relaxed);
+            h.weight.store(next.weight.load(Relaxed), Relaxed);
+        }
+        hole = j;
+    }
+    if let Some(h) = slots.get(hole) {
+        h.key.store(0, Relaxed);
+    }
+}
+
+/// A callsite as read from the table: raw frames and figures.
+pub(crate) struct RawSite {
+    pub(crate) frames: Vec<usize>,
+    pub(crate) figures: SiteFigures,
+}
+
+/// Reads every published callsite. Allocates: call outside the hook.
+pub(crate) fn read_sites() -> Vec<RawSite> {
+    let mut out = Vec::new();
+    for s in sites() {
+        let h = s.hash.load(Acquire);
+        if h == 0 || h & BUSY != 0 {
+            continue;
+        }
+        let len = s.len.load(Relaxed).min(MAX_FRAMES);
+        let frames = s.frames.iter().take(len).map(|f| f.load(Relaxed)).collect();
+        out.push(RawSite {
+            frames,
+            figures: s.counters.read(),
+        });
+    }
+    out
+}
+
+/// What could not be attributed to a callsite, and why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Unattributed {
+    /// Sampled allocations (estimated) with no callsite row.
+    pub allocations: u64,
+    /// Their bytes (estimated).
+    pub allocated_bytes: u64,
+    /// Their frees (estimated; only those whose block was tracked).
+    pub frees: u64,
+    /// Bytes of those frees.
+    pub freed_bytes: u64,
+    /// Estimated live bytes of tracked unattributed blocks.
+    pub live_bytes: u64,
+    /// Samples whose callsite found the callsite table full.
+    pub dropped_callsite_table_full: u64,
+    /// Samples that found the live-block table full (their frees cannot be
+    /// matched: counted in `untracked_*`).
+    pub dropped_live_table_full: u64,
+    /// Samples taken while the tables were being mapped, or after mapping
+    /// failed.
+    pub dropped_no_tables: u64,
+    /// Estimated allocations whose blocks are not tracked.
+    pub untracked_allocations: u64,
+    /// Estimated bytes of blocks that are not tracked.
+    pub untracked_bytes: u64,
+    /// Times a thread waited for a live-block stripe lock.
+    pub lock_contentions: u64,
+}
+
+/// Reads the unattributed row and the overflow counters.
+pub(crate) fn unattributed() -> Unattributed {
+    let f = UNATTRIBUTED_ROW.read();
+    Unattributed {
+        allocations: f.allocations,
+        allocated_bytes: f.allocated_bytes,
+        frees: f.frees,
+        freed_bytes: f.freed_bytes,
+        live_bytes: f.live_bytes,
+        dropped_callsite_table_full: DROPPED_SITE_FULL.load(Relaxed),
+        dropped_live_table_full: DROPPED_LIVE_FULL.load(Relaxed),
+        dropped_no_tables: DROPPED_NO_TABLES.load(Relaxed),
+        untracked_allocations: weighted_count(UNTRACKED_ALLOCS_W.load(Relaxed)),
+        untracked_bytes: UNTRACKED_BYTES.load(Relaxed),
+        lock_contentions: CONTENDED.load(Relaxed),
+    }
+}
+
+/// Capacities and use of the tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TableUsage {
+    /// Callsite slots (0 until mapped).
+    pub callsite_capacity: u64,
+    /// Callsites recorded.
+    pub callsites_used: u64,
+    /// Live sampled block slots (0 until mapped).
+    pub live_sample_capacity: u64,
+    /// Live sampled blocks recorded now.
+    pub live_samples_used: u64,
+}
+
+/// Reads the tables' capacities and use.
+pub(crate) fn usage() -> TableUsage {
+    TableUsage {
+        callsite_capacity: sites().len() as u64,
+        callsites_used: SITES_USED.load(Relaxed) as u64,
+        live_sample_capacity: records().len() as u64,
+        live_samples_used: STRIPE_LOCKS.iter().map(|s| s.used.load(Relaxed) as u64).sum(),
+    }
+}
+
+/// Bytes of heapwatch's fixed tables: static arrays plus mapped tables.
+pub(crate) fn static_table_bytes() -> usize {
+    std::mem::size_of_val(&FILTER)
+        + std::mem::size_of_val(&STRIPE_LOCKS)
+        + crate::counters::SHARDS * 256
+        + sites().len() * std::mem::size_of::<Site>()
+        + records().len() * std::mem::size_of::<Slot>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_is_304_bytes_and_slot_32() {
+        assert_eq!(std::mem::size_of::<Site>(), 304);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+    }
+}

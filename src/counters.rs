@@ -1,0 +1,378 @@
+//! Process-wide totals without a contended atomic: per-thread leased shards.
+//!
+//! There are [`SHARDS`] cache-line-aligned shards of counters in a static
+//! array. A thread leases one the first time it allocates and keeps it until
+//! its thread-locals are torn down; while leased, only that thread writes the
+//! shard, so the hot path updates it with a plain relaxed load and store (no
+//! `lock`-prefixed instruction, no cache line shared with another writer).
+//! Readers sum every shard, so a thread that exits loses nothing: its counts
+//! stay in the shard, and the next thread to lease the shard adds on top.
+//!
+//! Threads beyond [`SHARDS`] alive at once, and allocations made after a
+//! thread's lease was returned (late thread-local destructors), use one
+//! shared fallback shard updated with atomic read-modify-write: still exact,
+//! only slower.
+//!
+//! Counts are wrapping `u64`. The frees of blocks allocated on another thread
+//! are counted by the freeing thread, so one shard's net can be negative; only
+//! the sum over shards means anything.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::*};
+
+use serde::{Deserialize, Serialize};
+
+/// Number of exclusively leased shards (threads alive at once that each get
+/// their own). Memory: `SHARDS * 256` bytes, static.
+pub const SHARDS: usize = 256;
+
+/// One thread's counters. The first cache line holds what every allocation
+/// touches.
+#[repr(C, align(128))]
+pub(crate) struct Shard {
+    /// Budget credit reserved from the global pool and not yet used (bytes).
+    pub(crate) credit: AtomicI64,
+    /// Bytes left before the next sampled allocation.
+    pub(crate) countdown: AtomicI64,
+    pub(crate) allocs: AtomicU64,
+    pub(crate) alloc_bytes: AtomicU64,
+    pub(crate) frees: AtomicU64,
+    pub(crate) freed_bytes: AtomicU64,
+    pub(crate) reallocs: AtomicU64,
+    /// xorshift state of this shard's sampler (0 until seeded).
+    pub(crate) rng: AtomicU64,
+    // Second line: heapwatch's own (and the inner allocator's re-entrant)
+    // allocations.
+    pub(crate) ovh_allocs: AtomicU64,
+    pub(crate) ovh_alloc_bytes: AtomicU64,
+    pub(crate) ovh_frees: AtomicU64,
+    pub(crate) ovh_freed_bytes: AtomicU64,
+    /// The sampler generation `rng` was seeded for.
+    pub(crate) rng_generation: AtomicU64,
+    leased: AtomicBool,
+    /// False only for the shared fallback shard.
+    exclusive: bool,
+}
+
+impl Shard {
+    const fn new(exclusive: bool) -> Shard {
+        Shard {
+            credit: AtomicI64::new(0),
+            countdown: AtomicI64::new(0),
+            allocs: AtomicU64::new(0),
+            alloc_bytes: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            freed_bytes: AtomicU64::new(0),
+            reallocs: AtomicU64::new(0),
+            rng: AtomicU64::new(0),
+            ovh_allocs: AtomicU64::new(0),
+            ovh_alloc_bytes: AtomicU64::new(0),
+            ovh_frees: AtomicU64::new(0),
+            ovh_freed_bytes: AtomicU64::new(0),
+            rng_generation: AtomicU64::new(0),
+            leased: AtomicBool::new(false),
+            exclusive,
+        }
+    }
+
+    /// Adds `v` to a counter of this shard: a plain load and store when the
+    /// shard is leased by the calling thread, an atomic add otherwise.
+    #[inline(always)]
+    pub(crate) fn add(&self, c: &AtomicU64, v: u64) {
+        if self.exclusive {
+            c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
+        } else {
+            c.fetch_add(v, Relaxed);
+        }
+    }
+
+    /// Like [`Shard::add`] for a signed counter.
+    #[inline(always)]
+    pub(crate) fn add_i(&self, c: &AtomicI64, v: i64) {
+        if self.exclusive {
+            c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
+        } else {
+            c.fetch_add(v, Relaxed);
+        }
+    }
+
+    /// Whether only the calling thread writes this shard.
+    #[inline(always)]
+    pub(crate) fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+}
+
+static SHARD_ARRAY: [Shard; SHARDS] = [const { Shard::new(true) }; SHARDS];
+static SHARED: Shard = Shard::new(false);
+
+/// Where the next lease search starts (spreads threads over the array).
+static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
+/// Threads that found every shard leased and fell back to the shared one.
+static LEASE_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's shard; null until the first allocation. No destructor.
+    static CURRENT: Cell<*const Shard> = const { Cell::new(ptr::null()) };
+    /// Returns the lease when the thread's thread-locals are torn down.
+    static LEASE: Lease = const { Lease(Cell::new(ptr::null())) };
+}
+
+struct Lease(Cell<*const Shard>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let p = self.0.get();
+        if p.is_null() {
+            return;
+        }
+        // Whatever this thread allocates from now on goes to the shared shard.
+        let _ = CURRENT.try_with(|c| c.set(&SHARED));
+        // SAFETY: `p` was set by `lease_slow` to an element of the static
+        // `SHARD_ARRAY`, which lives for the whole program.
+        let shard = unsafe { &*p };
+        crate::budget::return_all_credit(shard);
+        shard.leased.store(false, Release);
+    }
+}
+
+/// The calling thread's shard, leasing one on first use. Never allocates
+/// through the global allocator, never panics.
+#[inline(always)]
+pub(crate) fn current() -> &'static Shard {
+    let p = CURRENT.try_with(Cell::get).unwrap_or(&SHARED);
+    if p.is_null() {
+        return lease_slow();
+    }
+    // SAFETY: `CURRENT` only ever holds null (handled above), `&SHARED`, or a
+    // pointer into the static `SHARD_ARRAY`; both are `'static`.
+    unsafe { &*p }
+}
+
+#[cold]
+#[inline(never)]
+fn lease_slow() -> &'static Shard {
+    let start = NEXT_LEASE.fetch_add(1, Relaxed) as usize;
+    for i in 0..SHARDS {
+        let shard = &SHARD_ARRAY[(start + i) % SHARDS];
+        if shard.leased.load(Relaxed) {
+            continue;
+        }
+        if shard
+            .leased
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .is_ok()
+        {
+            // Publish the shard before registering the lease: if registering
+            // the destructor allocates, that nested allocation finds the
+            // shard already set and does not come back here.
+            if CURRENT.try_with(|c| c.set(shard)).is_err() {
+                shard.leased.store(false, Release);
+                return &SHARED;
+            }
+            // Touching `LEASE` registers its destructor. During thread-local
+            // teardown it is no longer reachable: hand the shard back and use
+            // the shared one for the rest of the thread.
+            if LEASE.try_with(|l| l.0.set(shard)).is_err() {
+                let _ = CURRENT.try_with(|c| c.set(&SHARED));
+                shard.leased.store(false, Release);
+                return &SHARED;
+            }
+            return shard;
+        }
+    }
+    LEASE_OVERFLOWS.fetch_add(1, Relaxed);
+    let _ = CURRENT.try_with(|c| c.set(&SHARED));
+    &SHARED
+}
+
+/// Every shard, the shared one included.
+pub(crate) fn all_shards() -> impl Iterator<Item = &'static Shard> {
+    SHARD_ARRAY.iter().chain(std::iter::once(&SHARED))
+}
+
+/// Raw sums over all shards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sums {
+    pub(crate) allocs: u64,
+    pub(crate) alloc_bytes: u64,
+    pub(crate) frees: u64,
+    pub(crate) freed_bytes: u64,
+    pub(crate) reallocs: u64,
+    pub(crate) ovh_allocs: u64,
+    pub(crate) ovh_alloc_bytes: u64,
+    pub(crate) ovh_frees: u64,
+    pub(crate) ovh_freed_bytes: u64,
+}
+
+impl Sums {
+    pub(crate) fn of(shard: &Shard) -> Sums {
+        Sums {
+            allocs: shard.allocs.load(Relaxed),
+            alloc_bytes: shard.alloc_bytes.load(Relaxed),
+            frees: shard.frees.load(Relaxed),
+            freed_bytes: shard.freed_bytes.load(Relaxed),
+            reallocs: shard.reallocs.load(Relaxed),
+            ovh_allocs: shard.ovh_allocs.load(Relaxed),
+            ovh_alloc_bytes: shard.ovh_alloc_bytes.load(Relaxed),
+            ovh_frees: shard.ovh_frees.load(Relaxed),
+            ovh_freed_bytes: shard.ovh_freed_bytes.load(Relaxed),
+        }
+    }
+
+    fn wrapping_add(self, o: Sums) -> Sums {
+        Sums {
+            allocs: self.allocs.wrapping_add(o.allocs),
+            alloc_bytes: self.alloc_bytes.wrapping_add(o.alloc_bytes),
+            frees: self.frees.wrapping_add(o.frees),
+            freed_bytes: self.freed_bytes.wrapping_add(o.freed_bytes),
+            reallocs: self.reallocs.wrapping_add(o.reallocs),
+            ovh_allocs: self.ovh_allocs.wrapping_add(o.ovh_allocs),
+            ovh_alloc_bytes: self.ovh_alloc_bytes.wrapping_add(o.ovh_alloc_bytes),
+            ovh_frees: self.ovh_frees.wrapping_add(o.ovh_frees),
+            ovh_freed_bytes: self.ovh_freed_bytes.wrapping_add(o.ovh_freed_bytes),
+        }
+    }
+
+    /// Component-wise `self - base`, for deltas of monotonic counters.
+    pub(crate) fn since(self, base: Sums) -> Sums {
+        Sums {
+            allocs: self.allocs.wrapping_sub(base.allocs),
+            alloc_bytes: self.alloc_bytes.wrapping_sub(base.alloc_bytes),
+            frees: self.frees.wrapping_sub(base.frees),
+            freed_bytes: self.freed_bytes.wrapping_sub(base.freed_bytes),
+            reallocs: self.reallocs.wrapping_sub(base.reallocs),
+            ovh_allocs: self.ovh_allocs.wrapping_sub(base.ovh_allocs),
+            ovh_alloc_bytes: self.ovh_alloc_bytes.wrapping_sub(base.ovh_alloc_bytes),
+            ovh_frees: self.ovh_frees.wrapping_sub(base.ovh_frees),
+            ovh_freed_bytes: self.ovh_freed_bytes.wrapping_sub(base.ovh_freed_bytes),
+        }
+    }
+
+    pub(crate) fn total() -> Sums {
+        all_shards().fold(Sums::default(), |acc, s| acc.wrapping_add(Sums::of(s)))
+    }
+}
+
+/// A signed difference of wrapping counters, clamped at zero: the sum of a
+/// live figure can only read below zero while a free on one thread has been
+/// counted and the matching allocation on another not yet seen.
+pub(crate) fn net(added: u64, removed: u64) -> u64 {
+    let d = added.wrapping_sub(removed) as i64;
+    d.max(0) as u64
+}
+
+/// Threads that found every shard leased (they share one, still exact).
+pub(crate) fn lease_overflows() -> u64 {
+    LEASE_OVERFLOWS.load(Relaxed)
+}
+
+/// Process-wide totals, from [`stats()`](crate::stats).
+///
+/// The program's own blocks and heapwatch's own blocks are counted apart:
+/// `allocations`, `frees`, `reallocs`, `allocated_bytes`, `live_bytes` and
+/// `live_blocks` describe the program; `overhead_*` describe what was
+/// allocated while heapwatch's reentrancy guard was held (heapwatch's own
+/// work, and allocations an inner allocator such as `dhat::Alloc` makes
+/// through the global allocator while serving one of ours).
+///
+/// # Exactness
+///
+/// - At quiescence (every other thread joined or idle since a
+///   synchronisation with the reader) every counter is exact.
+/// - A reading taken while other threads allocate sums each shard's
+///   counters one after another: each counter is a value it really had at
+///   some moment of the reading, but counters are not read at one instant,
+///   so `live_bytes` may be off by the bytes that other threads allocated or
+///   freed during the reading (it is clamped at zero, never negative).
+/// - `peak_bytes` is the highest value the global reservation reached: the
+///   program's and heapwatch's live bytes plus the credit threads hold (see
+///   [`Budget`](crate::Budget)). It is never below the true peak and at most
+///   `threads holding credit × 2 × 64 KiB` above it (128 KiB for a
+///   single-threaded program).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Bytes in blocks the program holds now.
+    pub live_bytes: u64,
+    /// Blocks the program holds now.
+    pub live_blocks: u64,
+    /// Highest reservation seen (see the type's docs for its bound).
+    pub peak_bytes: u64,
+    /// Successful `alloc` and `alloc_zeroed` calls.
+    pub allocations: u64,
+    /// `dealloc` calls.
+    pub frees: u64,
+    /// Successful `realloc` calls (not counted in `allocations`).
+    pub reallocs: u64,
+    /// Cumulative bytes handed out: every allocation's size, plus the new
+    /// size of every reallocation (a realloc frees the old size and
+    /// allocates the new one, as dhat counts it).
+    pub allocated_bytes: u64,
+    /// Cumulative bytes returned: every free's size plus every
+    /// reallocation's old size. `live_bytes = allocated_bytes - freed_bytes`.
+    pub freed_bytes: u64,
+    /// The budget in bytes, `None` when unlimited.
+    pub budget_bytes: Option<u64>,
+    /// Allocations refused because they would have taken the process over
+    /// the budget (policy `Refuse`).
+    pub budget_denials: u64,
+    /// Allocations let through over the budget (policy `Warn`).
+    pub budget_overages: u64,
+    /// Bytes heapwatch (and a re-entrant inner allocator) holds on the heap
+    /// now, plus its static tables.
+    pub overhead_bytes: u64,
+    /// Blocks heapwatch (and a re-entrant inner allocator) holds now.
+    pub overhead_blocks: u64,
+}
+
+impl Stats {
+    pub(crate) fn from_sums(s: Sums) -> Stats {
+        let budget = crate::budget::status();
+        Stats {
+            live_bytes: net(s.alloc_bytes, s.freed_bytes),
+            live_blocks: net(s.allocs, s.frees),
+            peak_bytes: budget.peak_bytes,
+            allocations: s.allocs,
+            frees: s.frees,
+            reallocs: s.reallocs,
+            allocated_bytes: s.alloc_bytes,
+            freed_bytes: s.freed_bytes,
+            budget_bytes: budget.budget.bytes(),
+            budget_denials: budget.denials,
+            budget_overages: budget.overages,
+            overhead_bytes: net(s.ovh_alloc_bytes, s.ovh_freed_bytes)
+                + crate::callsites::static_table_bytes() as u64,
+            overhead_blocks: net(s.ovh_allocs, s.ovh_frees),
+        }
+    }
+}
+
+/// Reads the process-wide totals: a sum over every thread's shard. Cheap
+/// (a few hundred relaxed loads), allocation-free, callable from any thread
+/// at any time.
+///
+/// Returns all zeros until a [`Tracker`](crate::Tracker) serving as the
+/// global allocator has seen its first allocation (see
+/// [`installed`](crate::installed)).
+///
+/// # Example
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapwatch::Tracker<std::alloc::System> =
+///     heapwatch::Tracker::new(std::alloc::System);
+///
+/// fn main() {
+///     let before = heapwatch::stats();
+///     let v = vec![0u8; 4096];
+///     let after = heapwatch::stats();
+///     assert_eq!(after.allocations, before.allocations + 1);
+///     assert_eq!(after.live_bytes, before.live_bytes + 4096);
+///     drop(v);
+/// }
+/// ```
+pub fn stats() -> Stats {
+    Stats::from_sums(Sums::total())
+}

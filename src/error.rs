@@ -1,0 +1,46 @@
+//! The crate's one error type.
+
+use std::io;
+
+/// Everything that can go wrong in heapwatch's fallible API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A budget string that does not parse.
+    #[error("invalid budget {input:?}: {reason}")]
+    InvalidBudget {
+        /// What was given.
+        input: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A snapshot file or body that is not a heapwatch snapshot.
+    #[error("not a heapwatch snapshot: {0}")]
+    InvalidSnapshot(#[source] serde_json::Error),
+    /// A snapshot of a format version this build does not read.
+    #[error("unsupported snapshot version {found} (this build reads version {supported})")]
+    UnsupportedSnapshotVersion {
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// An I/O error (binding the server, reading or writing a file).
+    #[error("{context}: {source}")]
+    Io {
+        /// What heapwatch was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

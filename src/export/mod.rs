@@ -1,0 +1,1 @@
+//! Exporters: pprof, Prometheus text and flamegraphs from a snapshot.

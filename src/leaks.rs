@@ -1,0 +1,1 @@
+//! Leak detection by growth rate over retained snapshots.

@@ -1,0 +1,249 @@
+//! Which allocations get a callsite: Poisson sampling by bytes, every
+//! allocation, or none.
+//!
+//! In [`Sampling::Bytes`] mode each byte allocated is sampled with
+//! probability `1/n`: every thread keeps a countdown of bytes, drawn from an
+//! exponential distribution with mean `n`; the allocation that takes it
+//! below zero is sampled and a new countdown is drawn. An allocation of `s`
+//! bytes is therefore sampled with probability `1 - exp(-s/n)`, and is given
+//! the weight `1 / (1 - exp(-s/n))` (kept with the block, subtracted again
+//! when it is freed), which makes every per-callsite figure an unbiased
+//! estimate. This is how Go's runtime and jemalloc's profiler sample.
+//!
+//! Weights are fixed-point numbers with [`WEIGHT_SHIFT`] fractional bits.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::*};
+
+use serde::{Deserialize, Serialize};
+
+use crate::counters::Shard;
+
+/// Fractional bits of a fixed-point weight.
+pub(crate) const WEIGHT_SHIFT: u32 = 16;
+/// The weight of an allocation recorded with certainty.
+pub(crate) const ONE: u64 = 1 << WEIGHT_SHIFT;
+const MAX_WEIGHT: u64 = 1 << 56;
+
+/// How callsites are recorded. Totals are exact in every mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode", content = "interval_bytes")]
+pub enum Sampling {
+    /// Totals only, no callsites.
+    Off,
+    /// Poisson sampling with a mean interval of this many bytes (the
+    /// default: 512 KiB, as Go and jemalloc use). Per-callsite figures are
+    /// unbiased estimates.
+    Bytes(u64),
+    /// Every allocation: exact per-callsite figures, at the cost of a stack
+    /// capture per allocation. For tests and short investigations.
+    All,
+}
+
+impl Sampling {
+    /// `Bytes(512 KiB)`.
+    pub const DEFAULT: Sampling = Sampling::Bytes(512 * 1024);
+
+    /// The name used in snapshots: `"off"`, `"bytes"` or `"all"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampling::Off => "off",
+            Sampling::Bytes(_) => "bytes",
+            Sampling::All => "all",
+        }
+    }
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling::DEFAULT
+    }
+}
+
+const MODE_OFF: u8 = 0;
+const MODE_BYTES: u8 = 1;
+const MODE_ALL: u8 = 2;
+
+static MODE: AtomicU8 = AtomicU8::new(MODE_BYTES);
+static INTERVAL: AtomicU64 = AtomicU64::new(512 * 1024);
+static SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+/// Bumped by `set_sampling_seed` and `set_sampling`; a shard whose `rng`
+/// generation differs reseeds on its next slow path.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Switches the sampling mode at run time. Blocks already sampled keep their
+/// records (and weights) until they are freed.
+///
+/// # Example
+///
+/// ```
+/// use heapwatch::Sampling;
+///
+/// heapwatch::set_sampling(Sampling::All);
+/// assert_eq!(heapwatch::sampling(), Sampling::All);
+/// heapwatch::set_sampling(Sampling::DEFAULT);
+/// ```
+pub fn set_sampling(sampling: Sampling) {
+    match sampling {
+        Sampling::Off => MODE.store(MODE_OFF, Relaxed),
+        Sampling::All => MODE.store(MODE_ALL, Relaxed),
+        Sampling::Bytes(n) => {
+            INTERVAL.store(n.max(1), Relaxed);
+            MODE.store(MODE_BYTES, Relaxed);
+        }
+    }
+    GENERATION.fetch_add(1, Relaxed);
+}
+
+/// The sampling mode in force.
+pub fn sampling() -> Sampling {
+    match MODE.load(Relaxed) {
+        MODE_OFF => Sampling::Off,
+        MODE_ALL => Sampling::All,
+        _ => Sampling::Bytes(INTERVAL.load(Relaxed)),
+    }
+}
+
+/// Seeds the samplers, for reproducible sampled runs: after this call, a
+/// thread that allocates the same sequence of sizes samples the same
+/// allocations.
+pub fn set_sampling_seed(seed: u64) {
+    SEED.store(seed, Relaxed);
+    GENERATION.fetch_add(1, Relaxed);
+}
+
+/// Decides whether an allocation of `size` bytes is sampled; returns its
+/// fixed-point weight if so. Allocation-free and panic-free.
+#[inline(always)]
+pub(crate) fn should_sample(shard: &Shard, size: usize) -> Option<u64> {
+    match MODE.load(Relaxed) {
+        MODE_BYTES => {
+            let left = shard.countdown.load(Relaxed).wrapping_sub(size as i64);
+            shard.countdown.store(left, Relaxed);
+            if left >= 0 {
+                None
+            } else {
+                sample_slow(shard, size)
+            }
+        }
+        MODE_ALL => Some(ONE),
+        _ => None,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn sample_slow(shard: &Shard, size: usize) -> Option<u64> {
+    let interval = INTERVAL.load(Relaxed).max(1);
+    let generation = GENERATION.load(Relaxed);
+    let mut rng = shard.rng.load(Relaxed);
+    if rng == 0 || shard.rng_generation.load(Relaxed) != generation {
+        // A fresh (or reseeded) sampler: draw its first countdown and test
+        // this allocation against it, so the first allocation of a thread
+        // is sampled with the same probability as any other.
+        rng = seed_for(shard);
+        shard.rng_generation.store(generation, Relaxed);
+        let (next, u) = next_uniform(rng);
+        rng = next;
+        let countdown = exp_draw(u, interval) - size as i64;
+        shard.countdown.store(countdown, Relaxed);
+        shard.rng.store(rng, Relaxed);
+        if countdown >= 0 {
+            return None;
+        }
+    }
+    let (next, u) = next_uniform(rng);
+    shard.rng.store(next, Relaxed);
+    shard.countdown.store(exp_draw(u, interval), Relaxed);
+    Some(weight(size as u64, interval))
+}
+
+/// `1 / (1 - exp(-size/interval))` in fixed point.
+pub(crate) fn weight(size: u64, interval: u64) -> u64 {
+    let p = -(-(size as f64) / interval as f64).exp_m1();
+    if p <= 0.0 {
+        return MAX_WEIGHT;
+    }
+    let w = (ONE as f64 / p).round();
+    if w >= MAX_WEIGHT as f64 {
+        MAX_WEIGHT
+    } else {
+        (w as u64).max(ONE)
+    }
+}
+
+/// The bytes an allocation of `size` with weight `w` stands for.
+#[inline]
+pub(crate) fn weighted_bytes(size: u64, w: u64) -> u64 {
+    ((u128::from(size) * u128::from(w) + (1 << (WEIGHT_SHIFT - 1))) >> WEIGHT_SHIFT) as u64
+}
+
+/// A fixed-point count rounded to a whole number.
+#[inline]
+pub(crate) fn weighted_count(w: u64) -> u64 {
+    (w + (1 << (WEIGHT_SHIFT - 1))) >> WEIGHT_SHIFT
+}
+
+fn seed_for(shard: &Shard) -> u64 {
+    let s = SEED.load(Relaxed) ^ (shard as *const Shard as u64).rotate_left(17);
+    splitmix(s) | 1
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// xorshift64*; returns the new state and a uniform number in (0, 1].
+fn next_uniform(mut x: u64) -> (u64, f64) {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let u = ((r >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    (x, u)
+}
+
+/// An exponential draw with mean `interval`, from a uniform `u` in (0, 1].
+fn exp_draw(u: f64, interval: u64) -> i64 {
+    let d = -u.ln() * interval as f64;
+    if d >= i64::MAX as f64 {
+        i64::MAX
+    } else {
+        d as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_inverse_probabilities() {
+        let n = 512 * 1024;
+        // Large blocks are (almost) certainly sampled: weight ~1.
+        assert_eq!(weighted_count(weight(64 << 20, n)), 1);
+        // p(16 B) = 1 - exp(-16/524288) ~ 16/524288: weight ~32768.
+        let w = weight(16, n) as f64 / ONE as f64;
+        assert!((w - 32768.5).abs() < 1.0, "{w}");
+        // weighted bytes of a sampled block stand for ~ the interval.
+        let b = weighted_bytes(16, weight(16, n));
+        assert!((b as i64 - n as i64).abs() < 32, "{b}");
+    }
+
+    #[test]
+    fn exponential_draws_have_the_right_mean() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let n = 200_000;
+        let mut sum = 0f64;
+        for _ in 0..n {
+            let (nx, u) = next_uniform(x);
+            x = nx;
+            assert!(u > 0.0 && u <= 1.0);
+            sum += exp_draw(u, 1000) as f64;
+        }
+        let mean = sum / n as f64;
+        assert!((mean - 1000.0).abs() < 15.0, "mean {mean}");
+    }
+}

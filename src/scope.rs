@@ -1,0 +1,262 @@
+//! Leak-test helpers that work while other tests run in parallel.
+//!
+//! Each thread owns its counter shard while it lives (see the counters
+//! module), so the difference of the current thread's shard before and after
+//! a closure is exactly what *this thread* allocated and freed inside it,
+//! whatever other threads do meanwhile. One global allocator, many
+//! concurrent leak tests.
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+use serde::{Deserialize, Serialize};
+
+use crate::counters::{self, Sums};
+use crate::diff::CallsiteDelta;
+
+/// What the current thread allocated and freed inside [`scope`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ScopeStats {
+    /// Allocations made.
+    pub allocations: u64,
+    /// Frees made (of any block, wherever it was allocated).
+    pub frees: u64,
+    /// Reallocations made.
+    pub reallocs: u64,
+    /// Bytes allocated (reallocations count their new size).
+    pub allocated_bytes: u64,
+    /// Bytes freed (reallocations count their old size).
+    pub freed_bytes: u64,
+    /// `allocated_bytes - freed_bytes`: what the closure left live.
+    pub net_live_bytes: i64,
+    /// `allocations - frees`.
+    pub net_live_blocks: i64,
+    /// False if this thread shares the fallback shard with others (more
+    /// than [`SHARDS`](crate::SHARDS) threads alive), so other threads'
+    /// allocations may be mixed in.
+    pub exact: bool,
+}
+
+/// Runs `f` and returns its result with what the current thread allocated
+/// and freed inside it. Correct while other threads allocate (their work is
+/// not counted), so leak tests can run in parallel. Panics in `f` propagate
+/// and leave heapwatch usable.
+///
+/// # Example
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapwatch::Tracker<std::alloc::System> =
+///     heapwatch::Tracker::new(std::alloc::System);
+///
+/// fn main() {
+///     let (len, s) = heapwatch::scope(|| {
+///         let v = vec![7u8; 100];
+///         v.len()
+///     });
+///     assert_eq!(len, 100);
+///     assert_eq!(s.allocations, 1);
+///     assert_eq!(s.frees, 1);
+///     assert_eq!(s.net_live_bytes, 0);
+///
+///     let (kept, s) = heapwatch::scope(|| vec![0u64; 16]);
+///     assert_eq!(s.net_live_bytes, 128);
+///     drop(kept);
+/// }
+/// ```
+pub fn scope<R>(f: impl FnOnce() -> R) -> (R, ScopeStats) {
+    let shard = counters::current();
+    let before = Sums::of(shard);
+    let r = f();
+    let d = Sums::of(shard).since(before);
+    let stats = ScopeStats {
+        allocations: d.allocs,
+        frees: d.frees,
+        reallocs: d.reallocs,
+        allocated_bytes: d.alloc_bytes,
+        freed_bytes: d.freed_bytes,
+        net_live_bytes: d.alloc_bytes.wrapping_sub(d.freed_bytes) as i64,
+        net_live_blocks: d.allocs.wrapping_sub(d.frees) as i64,
+        exact: shard.is_exclusive(),
+    };
+    (r, stats)
+}
+
+/// Runs a closure repeatedly and decides whether live memory keeps growing.
+///
+/// After `warmup` runs (caches fill, pools grow), it runs `iterations` more,
+/// each inside [`scope`], and calls it a leak when the current thread's
+/// live bytes grew by more than `tolerance_bytes` in total *and* grew in at
+/// least half of the iterations (a cache that fills once is not a leak; a
+/// little every time is). The report names the callsites whose live bytes
+/// grew most (from snapshots before and after; use
+/// [`Sampling::All`](crate::Sampling::All) for exact names of small leaks).
+///
+/// # Example
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapwatch::Tracker<std::alloc::System> =
+///     heapwatch::Tracker::new(std::alloc::System);
+///
+/// fn main() {
+///     let mut cache = Vec::new();
+///     let leaky = heapwatch::GrowthCheck::new().run(|| cache.push(vec![0u8; 4096]));
+///     assert!(leaky.is_err());
+///
+///     let clean = heapwatch::GrowthCheck::new().run(|| drop(vec![0u8; 4096]));
+///     assert!(clean.is_ok());
+/// }
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub struct GrowthCheck {
+    warmup: usize,
+    iterations: usize,
+    tolerance_bytes: u64,
+    top: usize,
+}
+
+impl Default for GrowthCheck {
+    fn default() -> Self {
+        GrowthCheck::new()
+    }
+}
+
+/// The outcome of a [`GrowthCheck`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GrowthReport {
+    /// Iterations measured (after the warm-up).
+    pub iterations: usize,
+    /// Iterations after which this thread's live bytes were higher.
+    pub growing_iterations: usize,
+    /// Net live bytes the measured iterations left behind.
+    pub total_growth_bytes: i64,
+    /// Net live bytes per measured iteration.
+    pub per_iteration_bytes: Vec<i64>,
+    /// Callsites whose live bytes grew most over the measured iterations.
+    pub top_growing: Vec<CallsiteDelta>,
+}
+
+/// A closure whose live memory keeps growing, from [`GrowthCheck::run`].
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}", .0.describe())]
+pub struct Leak(pub GrowthReport);
+
+impl GrowthReport {
+    fn describe(&self) -> String {
+        let mut s = format!(
+            "live memory kept growing: +{} bytes over {} iterations ({} of them grew)",
+            self.total_growth_bytes, self.iterations, self.growing_iterations
+        );
+        if self.top_growing.is_empty() {
+            s.push_str("; no callsite was sampled (try Sampling::All)");
+        }
+        for c in &self.top_growing {
+            let at = c.frames.first().map_or("<unknown>", |f| f.function.as_str());
+            s.push_str(&format!("\n  +{} bytes at {at}", c.live_bytes_delta));
+            if let Some(f) = c.frames.first() {
+                if let (Some(file), Some(line)) = (&f.file, f.line) {
+                    s.push_str(&format!(" ({file}:{line})"));
+                }
+            }
+        }
+        s
+    }
+}
+
+impl GrowthCheck {
+    /// 3 warm-up runs, 20 measured, no tolerance, 5 callsites reported.
+    pub const fn new() -> GrowthCheck {
+        GrowthCheck {
+            warmup: 3,
+            iterations: 20,
+            tolerance_bytes: 0,
+            top: 5,
+        }
+    }
+
+    /// Runs before measuring.
+    pub const fn warmup(mut self, n: usize) -> GrowthCheck {
+        self.warmup = n;
+        self
+    }
+
+    /// Runs measured (at least 2).
+    pub const fn iterations(mut self, n: usize) -> GrowthCheck {
+        self.iterations = if n < 2 { 2 } else { n };
+        self
+    }
+
+    /// Total growth allowed before it counts as a leak.
+    pub const fn tolerance_bytes(mut self, bytes: u64) -> GrowthCheck {
+        self.tolerance_bytes = bytes;
+        self
+    }
+
+    /// How many growing callsites the report names.
+    pub const fn top(mut self, n: usize) -> GrowthCheck {
+        self.top = n;
+        self
+    }
+
+    /// Runs `f` `warmup + iterations` times on this thread.
+    ///
+    /// # Errors
+    ///
+    /// [`Leak`] with the report when live memory keeps growing. A panic in
+    /// `f` propagates (heapwatch stays usable).
+    pub fn run(&self, mut f: impl FnMut()) -> Result<GrowthReport, Leak> {
+        for _ in 0..self.warmup {
+            f();
+        }
+        let base = crate::snapshot::snapshot();
+        let mut per = Vec::with_capacity(self.iterations);
+        for _ in 0..self.iterations {
+            let ((), s) = scope(|| {
+                if let Err(p) = catch_unwind(AssertUnwindSafe(&mut f)) {
+                    resume_unwind(p);
+                }
+            });
+            per.push(s.net_live_bytes);
+        }
+        let now = crate::snapshot::snapshot();
+        let total: i64 = per.iter().sum();
+        let growing = per.iter().filter(|&&b| b > 0).count();
+        let top_growing = now
+            .diff(&base)
+            .callsites
+            .into_iter()
+            .filter(|c| c.live_bytes_delta > 0)
+            .take(self.top)
+            .collect();
+        let report = GrowthReport {
+            iterations: self.iterations,
+            growing_iterations: growing,
+            total_growth_bytes: total,
+            per_iteration_bytes: per,
+            top_growing,
+        };
+        let leaking = total > 0
+            && total as u64 > self.tolerance_bytes
+            && growing * 2 >= self.iterations;
+        if leaking {
+            Err(Leak(report))
+        } else {
+            Ok(report)
+        }
+    }
+}
+
+/// Panics, naming the top growing callsites, if `f` keeps growing live
+/// memory over 20 iterations after 3 warm-up runs (see [`GrowthCheck`]).
+///
+/// # Panics
+///
+/// When [`GrowthCheck::run`] reports a [`Leak`].
+pub fn assert_no_growth(f: impl FnMut()) {
+    if let Err(leak) = GrowthCheck::new().run(f) {
+        panic!("heapwatch: {leak}");
+    }
+}

@@ -1,0 +1,418 @@
+//! Heap snapshots: one reading of the totals and every callsite,
+//! symbolized, as a serde value whose JSON is the contract of `GET /heap`.
+//!
+//! # JSON
+//!
+//! ```text
+//! {
+//!   "version": 1,                 // format version (this build: 1)
+//!   "id": 7,                      // monotonic within a process
+//!   "run_id": "4f1c-18c3...",     // distinguishes processes
+//!   "taken_at_ms": 1763900000000, // Unix time, ms
+//!   "uptime_ms": 61000,           // since the tracker's first allocation
+//!   "mode": "bytes",              // "off" | "bytes" | "all"
+//!   "sample_interval_bytes": 524288, // null unless mode is "bytes"
+//!   "unwinder": "backtrace",      // or "frame_pointers"
+//!   "totals": { Stats: live_bytes, live_blocks, peak_bytes, allocations,
+//!               frees, reallocs, allocated_bytes, freed_bytes, budget_bytes,
+//!               budget_denials, budget_overages, overhead_bytes,
+//!               overhead_blocks },
+//!   "callsites": [ { "id": "9a3f0c1e22b7d405",
+//!                    "frames": [ {"function": "app::load", "file": "src/app.rs", "line": 12} ],
+//!                    "allocations": 1000, "allocated_bytes": 64000,
+//!                    "frees": 10, "freed_bytes": 640,
+//!                    "live_blocks": 990, "live_bytes": 63360,
+//!                    "estimated": true } ],
+//!   "unattributed": { allocations, allocated_bytes, frees, freed_bytes,
+//!                     live_bytes, dropped_callsite_table_full,
+//!                     dropped_live_table_full, dropped_no_tables,
+//!                     untracked_allocations, untracked_bytes,
+//!                     lock_contentions },
+//!   "tables": { callsite_capacity, callsites_used,
+//!               live_sample_capacity, live_samples_used },
+//!   "allocator": { "name": "jemalloc", "allocated": .., "active": ..,
+//!                  "resident": .., "mapped": .., "retained": .. } | null,
+//!   "process": { "pid": 1234, "rss_bytes": 12345678 }
+//! }
+//! ```
+//!
+//! A callsite's `id` is a hash of its symbolized frames, so it is the same
+//! for the same code in another run of the same binary: diffs of snapshots
+//! saved from two processes match callsites by it.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::callsites::{self, TableUsage, Unattributed};
+use crate::counters::{stats, Stats};
+use crate::error::Error;
+use crate::sampling::{sampling, Sampling};
+use crate::symbolize::{symbolize, Frame};
+
+/// The snapshot format version this build writes and reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A reading of the heap: totals, callsites, and the allocator's and
+/// process's view. See the module docs for the JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Format version ([`SNAPSHOT_VERSION`]).
+    pub version: u32,
+    /// Monotonic within a process.
+    pub id: u64,
+    /// Identifies the process that took the snapshot.
+    pub run_id: String,
+    /// Unix time in milliseconds.
+    pub taken_at_ms: u64,
+    /// Milliseconds since the tracker's first allocation.
+    pub uptime_ms: u64,
+    /// `"off"`, `"bytes"` or `"all"`.
+    pub mode: String,
+    /// The mean sampling interval when `mode` is `"bytes"`.
+    pub sample_interval_bytes: Option<u64>,
+    /// `"frame_pointers"` or `"backtrace"`.
+    pub unwinder: String,
+    /// Exact process-wide totals.
+    pub totals: Stats,
+    /// Per-callsite figures, by default largest live bytes first.
+    pub callsites: Vec<Callsite>,
+    /// What no callsite row holds.
+    pub unattributed: Unattributed,
+    /// Capacity and use of heapwatch's tables.
+    pub tables: TableUsage,
+    /// jemalloc's own statistics when the inner allocator is jemalloc.
+    pub allocator: Option<AllocatorStats>,
+    /// The process as the OS sees it.
+    pub process: ProcessStats,
+}
+
+/// One callsite's figures. Estimates (unbiased) when `estimated` is true,
+/// exact otherwise. Reallocations are counted as an allocation of the new
+/// size at the site that reallocated and a free of the old block at its
+/// site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Callsite {
+    /// Hash of the symbolized frames (16 hex digits).
+    pub id: String,
+    /// The stack, innermost (the user's allocating function) first.
+    pub frames: Vec<Frame>,
+    /// Allocations made here (cumulative).
+    pub allocations: u64,
+    /// Bytes allocated here (cumulative).
+    pub allocated_bytes: u64,
+    /// Frees of blocks allocated here (cumulative).
+    pub frees: u64,
+    /// Bytes freed of blocks allocated here (cumulative).
+    pub freed_bytes: u64,
+    /// Blocks allocated here and live now.
+    pub live_blocks: u64,
+    /// Bytes allocated here and live now.
+    pub live_bytes: u64,
+    /// Whether these figures are sampling estimates.
+    pub estimated: bool,
+}
+
+/// jemalloc's statistics (`stats.*`, after advancing the epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AllocatorStats {
+    /// Always `"jemalloc"` for now.
+    pub name: String,
+    /// `stats.allocated`.
+    pub allocated: u64,
+    /// `stats.active`.
+    pub active: u64,
+    /// `stats.resident`.
+    pub resident: u64,
+    /// `stats.mapped`.
+    pub mapped: u64,
+    /// `stats.retained`.
+    pub retained: u64,
+}
+
+/// The process as the OS sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ProcessStats {
+    /// Process id.
+    pub pid: u32,
+    /// Resident set size, from `/proc/self/statm` (null where unavailable).
+    pub rss_bytes: Option<u64>,
+}
+
+/// How callsites are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortKey {
+    /// Live bytes, largest first (the default).
+    #[default]
+    LiveBytes,
+    /// Cumulative allocated bytes, largest first.
+    AllocatedBytes,
+    /// Cumulative allocations, most first.
+    Allocations,
+}
+
+impl FromStr for SortKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SortKey, String> {
+        match s {
+            "live_bytes" => Ok(SortKey::LiveBytes),
+            "allocated_bytes" => Ok(SortKey::AllocatedBytes),
+            "allocations" => Ok(SortKey::Allocations),
+            _ => Err(format!(
+                "unknown sort key {s:?} (use live_bytes, allocated_bytes or allocations)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SortKey::LiveBytes => "live_bytes",
+            SortKey::AllocatedBytes => "allocated_bytes",
+            SortKey::Allocations => "allocations",
+        })
+    }
+}
+
+/// Takes a snapshot: the totals, every callsite symbolized (through a
+/// cache), the allocator's and the process's figures. Callsites come
+/// largest live bytes first.
+///
+/// Symbols are looked up outside the allocator hook; the first snapshot of
+/// a process loads debug info (tens of milliseconds), later ones hit the
+/// cache. Build with `[profile.release] debug = 1` for function names and
+/// lines.
+///
+/// # Example
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapwatch::Tracker<std::alloc::System> =
+///     heapwatch::Tracker::new(std::alloc::System);
+///
+/// fn main() {
+///     heapwatch::set_sampling(heapwatch::Sampling::All);
+///     let kept: Vec<Vec<u8>> = (0..10).map(|_| vec![1u8; 1000]).collect();
+///     let snap = heapwatch::snapshot();
+///     assert!(snap.totals.live_bytes >= 10_000);
+///     assert!(!snap.callsites.is_empty());
+///     let json = serde_json::to_string(&snap).unwrap();
+///     let back = heapwatch::Snapshot::from_json(&json).unwrap();
+///     assert_eq!(back.id, snap.id);
+///     drop(kept);
+/// }
+/// ```
+pub fn snapshot() -> Snapshot {
+    let mode = sampling();
+    let estimated = matches!(mode, Sampling::Bytes(_));
+    let totals = stats();
+    let raw = callsites::read_sites();
+    let mut merged: Vec<Callsite> = Vec::with_capacity(raw.len());
+    let mut index: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(raw.len());
+    for site in raw {
+        if site.figures.allocations == 0 && site.figures.frees == 0 {
+            continue;
+        }
+        let frames = symbolize(&site.frames);
+        let id = frames_id(&frames);
+        let f = site.figures;
+        match index.get(&id) {
+            Some(&i) => {
+                if let Some(c) = merged.get_mut(i) {
+                    c.allocations += f.allocations;
+                    c.allocated_bytes += f.allocated_bytes;
+                    c.frees += f.frees;
+                    c.freed_bytes += f.freed_bytes;
+                    c.live_blocks += f.live_blocks;
+                    c.live_bytes += f.live_bytes;
+                }
+            }
+            None => {
+                index.insert(id.clone(), merged.len());
+                merged.push(Callsite {
+                    id,
+                    frames,
+                    allocations: f.allocations,
+                    allocated_bytes: f.allocated_bytes,
+                    frees: f.frees,
+                    freed_bytes: f.freed_bytes,
+                    live_blocks: f.live_blocks,
+                    live_bytes: f.live_bytes,
+                    estimated,
+                });
+            }
+        }
+    }
+    let mut snap = Snapshot {
+        version: SNAPSHOT_VERSION,
+        id: NEXT_ID.fetch_add(1, Relaxed),
+        run_id: run_id().to_string(),
+        taken_at_ms: crate::clock::now_ms(),
+        uptime_ms: crate::clock::uptime_ms(),
+        mode: mode.name().to_string(),
+        sample_interval_bytes: match mode {
+            Sampling::Bytes(n) => Some(n),
+            _ => None,
+        },
+        unwinder: crate::capture::active_unwinder().to_string(),
+        totals,
+        callsites: merged,
+        unattributed: callsites::unattributed(),
+        tables: callsites::usage(),
+        allocator: allocator_stats(),
+        process: ProcessStats {
+            pid: std::process::id(),
+            rss_bytes: rss_bytes(),
+        },
+    };
+    snap.sort_callsites(SortKey::LiveBytes);
+    snap
+}
+
+impl Snapshot {
+    /// Orders the callsites by `key`, largest first (ties by id).
+    pub fn sort_callsites(&mut self, key: SortKey) {
+        let k = |c: &Callsite| match key {
+            SortKey::LiveBytes => c.live_bytes,
+            SortKey::AllocatedBytes => c.allocated_bytes,
+            SortKey::Allocations => c.allocations,
+        };
+        self.callsites
+            .sort_by(|a, b| k(b).cmp(&k(a)).then_with(|| a.id.cmp(&b.id)));
+    }
+
+    /// Keeps the first `n` callsites.
+    pub fn truncate_callsites(&mut self, n: usize) {
+        self.callsites.truncate(n);
+    }
+
+    /// Parses a snapshot from JSON, checking its format version first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnsupportedSnapshotVersion`] for another version,
+    /// [`Error::InvalidSnapshot`] (with serde's line, column and reason) for
+    /// anything that is not a snapshot.
+    pub fn from_json(json: &str) -> Result<Snapshot, Error> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version = serde_json::from_str(json).map_err(Error::InvalidSnapshot)?;
+        if v.version != SNAPSHOT_VERSION {
+            return Err(Error::UnsupportedSnapshotVersion {
+                found: v.version,
+                supported: SNAPSHOT_VERSION,
+            });
+        }
+        serde_json::from_str(json).map_err(Error::InvalidSnapshot)
+    }
+
+    /// Reads a snapshot saved as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming the file, or the errors of [`Snapshot::from_json`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Snapshot::from_json(&text)
+    }
+
+    /// Writes the snapshot as pretty JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming the file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        let json = serde_json::to_vec_pretty(self).map_err(Error::InvalidSnapshot)?;
+        std::fs::write(path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+}
+
+/// A stable id for a list of frames: FNV-1a over function, file and line.
+pub(crate) fn frames_id(frames: &[Frame]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for f in frames {
+        eat(f.function.as_bytes());
+        eat(f.file.as_deref().unwrap_or("").as_bytes());
+        eat(&f.line.unwrap_or(0).to_le_bytes());
+    }
+    format!("{h:016x}")
+}
+
+fn run_id() -> &'static str {
+    static RUN: OnceLock<String> = OnceLock::new();
+    RUN.get_or_init(|| {
+        crate::guard::untracked(|| {
+            format!(
+                "{:x}-{:x}",
+                std::process::id(),
+                crate::clock::now_ms() ^ crate::clock::monotonic_ns()
+            )
+        })
+    })
+}
+
+static INNER_IS_JEMALLOC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Remembers whether the inner allocator is jemalloc (from its type name).
+pub(crate) fn note_inner_type(type_name: &str) {
+    let is = type_name.contains("Jemalloc");
+    INNER_IS_JEMALLOC.store(is, Relaxed);
+}
+
+#[cfg(feature = "jemalloc")]
+fn allocator_stats() -> Option<AllocatorStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    if !INNER_IS_JEMALLOC.load(Relaxed) {
+        return None;
+    }
+    epoch::advance().ok()?;
+    Some(AllocatorStats {
+        name: "jemalloc".to_string(),
+        allocated: stats::allocated::read().ok()? as u64,
+        active: stats::active::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+        mapped: stats::mapped::read().ok()? as u64,
+        retained: stats::retained::read().ok()? as u64,
+    })
+}
+
+#[cfg(not(feature = "jemalloc"))]
+fn allocator_stats() -> Option<AllocatorStats> {
+    None
+}
+
+/// Resident set size from `/proc/self/statm`.
+pub(crate) fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}

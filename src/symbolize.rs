@@ -1,0 +1,255 @@
+//! Late symbolization with a per-address cache, and trimming of the frames
+//! a user does not want to see.
+//!
+//! Runs only when a snapshot is built, never inside the hook. The cache and
+//! everything it holds are allocated under the reentrancy guard, so they are
+//! counted as heapwatch's overhead. The cache is bounded
+//! ([`CACHE_CAPACITY`] addresses; when full it is cleared and refilled).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::guard::untracked;
+
+/// Most addresses kept in the symbol cache.
+pub(crate) const CACHE_CAPACITY: usize = 65_536;
+
+/// One frame of a callsite, after symbolization. An address inlined into
+/// its caller gives several frames, innermost first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Frame {
+    /// Demangled function name (without the hash), or `module+0xoffset`
+    /// when the address has no symbol.
+    pub function: String,
+    /// Source file, shortened (registry and toolchain prefixes removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Line in `file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+}
+
+type Cache = Mutex<HashMap<usize, Arc<[Frame]>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| untracked(|| Mutex::new(HashMap::new())))
+}
+
+/// Symbolizes return addresses (innermost first) into frames, trimmed of
+/// heapwatch's and the allocation plumbing's frames at the top.
+pub(crate) fn symbolize(ips: &[usize]) -> Vec<Frame> {
+    let mut all: Vec<Frame> = Vec::new();
+    for &ip in ips {
+        all.extend(resolve_cached(ip).iter().cloned());
+    }
+    trim(all)
+}
+
+/// The symbol cache's size now (addresses).
+pub(crate) fn cache_len() -> usize {
+    cache().lock().map_or(0, |c| c.len())
+}
+
+fn resolve_cached(ip: usize) -> Arc<[Frame]> {
+    if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&ip).cloned()) {
+        return hit;
+    }
+    untracked(|| {
+        let frames: Arc<[Frame]> = resolve(ip).into();
+        if let Ok(mut c) = cache().lock() {
+            if c.len() >= CACHE_CAPACITY {
+                c.clear();
+                c.shrink_to(CACHE_CAPACITY);
+            }
+            c.insert(ip, frames.clone());
+        }
+        frames
+    })
+}
+
+fn resolve(ip: usize) -> Vec<Frame> {
+    // Return addresses point after the call: look up the call itself.
+    let addr = ip.saturating_sub(1);
+    let mut out = Vec::new();
+    backtrace::resolve(addr as *mut std::ffi::c_void, |sym| {
+        let function = sym
+            .name()
+            .map(|n| format!("{n:#}"))
+            .unwrap_or_default();
+        out.push(Frame {
+            function,
+            file: sym.filename().map(|p| shorten_path(&p.to_string_lossy())),
+            line: sym.lineno(),
+        });
+    });
+    if out.is_empty() || out.iter().all(|f| f.function.is_empty()) {
+        return vec![Frame {
+            function: module_offset(addr),
+            file: None,
+            line: None,
+        }];
+    }
+    for f in &mut out {
+        if f.function.is_empty() {
+            f.function = module_offset(addr);
+        }
+    }
+    out
+}
+
+/// `libname.so+0x1234` for an address with no symbol.
+fn module_offset(addr: usize) -> String {
+    // SAFETY: `dladdr` only reads its address argument and fills `info`,
+    // a valid, writable local.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let found = unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } != 0;
+    if found && !info.dli_fname.is_null() {
+        // SAFETY: `dladdr` succeeded, so `dli_fname` is a valid C string.
+        let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy();
+        let name = path.rsplit('/').next().unwrap_or(&path).to_string();
+        let off = addr.wrapping_sub(info.dli_fbase as usize);
+        format!("{name}+{off:#x}")
+    } else {
+        format!("{addr:#x}")
+    }
+}
+
+/// Shortens a source path: cargo registry and git checkouts lose everything
+/// before `crate-version/`, the toolchain's sources everything before
+/// `library/`, and paths under the current directory become relative.
+pub(crate) fn shorten_path(path: &str) -> String {
+    for marker in ["/registry/src/", "/git/checkouts/"] {
+        if let Some(i) = path.find(marker) {
+            let rest = &path[i + marker.len()..];
+            // Skip the index directory (`index.crates.io-…/`).
+            return rest.split_once('/').map_or(rest, |(_, r)| r).to_string();
+        }
+    }
+    if path.starts_with("/rustc/") {
+        if let Some(i) = path.find("/library/") {
+            return path[i + 1..].to_string();
+        }
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Some(rest) = path.strip_prefix(&*cwd.to_string_lossy()) {
+            return rest.trim_start_matches('/').to_string();
+        }
+    }
+    path.to_string()
+}
+
+const PLUMBING: &[&str] = &[
+    "heapwatch::",
+    "backtrace::",
+    "alloc::",
+    "core::",
+    "std::",
+    "hashbrown::",
+    "__rust",
+    "__rg_",
+    "__rdl_",
+    "_Unwind",
+];
+
+/// Whether a frame belongs to heapwatch or to the standard library's
+/// allocation plumbing (what stands between the user's code and the hook).
+fn is_plumbing(function: &str) -> bool {
+    let f = function.trim_start_matches('<');
+    if PLUMBING.iter().any(|p| f.starts_with(p)) {
+        return true;
+    }
+    // `<T as Trait>::method`: plumbing if the self type is the standard
+    // library's or a primitive (`<str as ToString>`, `<[T] as ToOwned>`).
+    if let Some((self_ty, _)) = f.split_once(" as ") {
+        let self_ty = self_ty.trim_start_matches(['&', '[', '(', '*']);
+        let self_ty = self_ty.strip_prefix("mut ").unwrap_or(self_ty);
+        if PLUMBING.iter().any(|p| self_ty.starts_with(p)) {
+            return true;
+        }
+        // A primitive (`str`, `u8`) or a bare type parameter (`T`).
+        let bare = !self_ty.contains("::");
+        let primitive = self_ty.starts_with(|c: char| c.is_ascii_lowercase());
+        let parameter = self_ty.len() == 1;
+        return bare && (primitive || parameter);
+    }
+    false
+}
+
+/// Drops the leading plumbing frames. If nothing is left (an allocation
+/// made by the standard library on its own), keeps the frames as they were
+/// minus heapwatch's own.
+fn trim(frames: Vec<Frame>) -> Vec<Frame> {
+    match frames.iter().position(|f| !is_plumbing(&f.function)) {
+        Some(first) => frames.into_iter().skip(first).collect(),
+        None => frames
+            .into_iter()
+            .skip_while(|f| {
+                let name = f.function.trim_start_matches('<');
+                name.starts_with("heapwatch::") || name.starts_with("backtrace::")
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plumbing_is_recognised() {
+        for p in [
+            "alloc::raw_vec::RawVec<T,A>::grow_one",
+            "<alloc::vec::Vec<T> as core::clone::Clone>::clone",
+            "<str as alloc::string::ToString>::to_string",
+            "<[T] as alloc::borrow::ToOwned>::to_owned",
+            "__rust_alloc",
+            "heapwatch::tracker::record_sampled",
+            "<heapwatch::Tracker<A> as core::alloc::global::GlobalAlloc>::alloc",
+        ] {
+            assert!(is_plumbing(p), "{p}");
+        }
+        for u in [
+            "myapp::cache::Cache::insert",
+            "<myapp::Foo as core::fmt::Display>::fmt",
+            "main",
+            "tokio_app::handler",
+        ] {
+            assert!(!is_plumbing(u), "{u}");
+        }
+    }
+
+    #[test]
+    fn paths_are_shortened() {
+        assert_eq!(
+            shorten_path("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/runtime/mod.rs"),
+            "tokio-1.54.1/src/runtime/mod.rs"
+        );
+        assert_eq!(
+            shorten_path("/rustc/59807616e/library/alloc/src/raw_vec.rs"),
+            "library/alloc/src/raw_vec.rs"
+        );
+        assert_eq!(shorten_path("/elsewhere/x.rs"), "/elsewhere/x.rs");
+    }
+
+    #[test]
+    fn symbolizes_a_function_of_ours() {
+        #[inline(never)]
+        fn marker_function_for_symbolize() -> usize {
+            let mut out = [0usize; crate::capture::MAX_FRAMES];
+            let n = crate::capture::capture(&mut out);
+            std::hint::black_box(n)
+        }
+        let mut ips = [0usize; crate::capture::MAX_FRAMES];
+        let n = crate::capture::capture(&mut ips);
+        let _ = marker_function_for_symbolize();
+        let frames: Vec<Frame> = ips[..n].iter().flat_map(|&ip| resolve(ip)).collect();
+        assert!(
+            frames.iter().any(|f| f.function.contains("symbolizes_a_function_of_ours")),
+            "{frames:#?}"
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! The allocator hook: `Tracker<A>`, a `GlobalAlloc` wrapper.
+//!
+//! Every path through the four `GlobalAlloc` methods is allocation-free,
+//! lock-free on the fast path and panic-free: no `unwrap`, no indexing that
+//! can fail, no `assert!`. Bookkeeping happens only after the inner
+//! allocator succeeded, except that a sampled block's record is taken out
+//! *before* it is freed (so its address cannot be handed out again, and
+//! recorded by another thread, before the record is gone).
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicU8, Ordering::*};
+
+use crate::budget::{self, Budget, Policy, Thresholds};
+use crate::callsites::{self, Record};
+use crate::capture::Unwinder;
+use crate::counters::{self, Shard};
+use crate::guard::{self, Guard};
+use crate::sampling::{self, Sampling};
+
+/// A tracking global allocator around an inner allocator `A`.
+///
+/// Build it in a `static` with the `const` constructor and builder methods,
+/// and install it with `#[global_allocator]`. One tracker serves a process:
+/// its counters, tables and settings are process-wide, and the first
+/// allocation applies the builder's settings (then the environment variable
+/// `HEAPWATCH_MAX_MEMORY_MB`, see [`Tracker::with_budget`]).
+///
+/// # Example
+///
+/// ```
+/// use heapwatch::{Budget, Policy, Sampling, Tracker};
+///
+/// #[global_allocator]
+/// static GLOBAL: Tracker<std::alloc::System> = Tracker::new(std::alloc::System)
+///     .with_budget(Budget::from_mb(512))
+///     .with_policy(Policy::Refuse)
+///     .with_sampling(Sampling::Bytes(512 * 1024));
+///
+/// fn main() {
+///     let v: Vec<u64> = (0..1000).collect();
+///     assert!(heapwatch::stats().live_bytes >= 8000);
+///     drop(v);
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Tracker<A> {
+    inner: A,
+    config: Config,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Config {
+    budget: Budget,
+    policy: Policy,
+    thresholds: Thresholds,
+    sampling: Sampling,
+    depth: usize,
+    unwinder: Unwinder,
+    max_callsites: usize,
+    max_live_samples: usize,
+}
+
+const UNINIT: u8 = 0;
+const BUSY: u8 = 1;
+const READY: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+
+/// Whether a [`Tracker`] is serving as the global allocator (it has seen an
+/// allocation). Until then [`stats()`](crate::stats) reads zeros.
+pub fn installed() -> bool {
+    STATE.load(Relaxed) == READY
+}
+
+impl<A> Tracker<A> {
+    /// Wraps `inner` with the defaults: no budget, sampling by bytes with a
+    /// mean interval of 512 KiB, 16 user frames, the automatic unwinder,
+    /// 16,384 callsites and 262,144 sampled live blocks.
+    pub const fn new(inner: A) -> Tracker<A> {
+        Tracker {
+            inner,
+            config: Config {
+                budget: Budget::UNLIMITED,
+                policy: Policy::Refuse,
+                thresholds: Thresholds::DEFAULT,
+                sampling: Sampling::DEFAULT,
+                depth: crate::capture::DEFAULT_DEPTH,
+                unwinder: Unwinder::Auto,
+                max_callsites: callsites::DEFAULT_MAX_CALLSITES,
+                max_live_samples: callsites::DEFAULT_MAX_LIVE_SAMPLES,
+            },
+        }
+    }
+
+    /// Sets the memory budget. The environment variable
+    /// `HEAPWATCH_MAX_MEMORY_MB` (whole mebibytes; `0` or `unlimited` for no
+    /// budget), when set, overrides this: it is read once, at the process's
+    /// first allocation (before `main`), without allocating.
+    /// [`set_budget`](crate::set_budget) overrides both at run time.
+    #[must_use]
+    pub const fn with_budget(mut self, budget: Budget) -> Tracker<A> {
+        self.config.budget = budget;
+        self
+    }
+
+    /// Sets what happens over budget (default [`Policy::Refuse`]).
+    #[must_use]
+    pub const fn with_policy(mut self, policy: Policy) -> Tracker<A> {
+        self.config.policy = policy;
+        self
+    }
+
+    /// Sets the warning thresholds (default 80% and 95%).
+    #[must_use]
+    pub const fn with_thresholds(mut self, thresholds: Thresholds) -> Tracker<A> {
+        self.config.thresholds = thresholds;
+        self
+    }
+
+    /// Sets the sampling mode (default [`Sampling::DEFAULT`]).
+    #[must_use]
+    pub const fn with_sampling(mut self, sampling: Sampling) -> Tracker<A> {
+        self.config.sampling = sampling;
+        self
+    }
+
+    /// Sets how many frames of the user's stack a callsite keeps (default
+    /// 16, at most [`MAX_FRAMES`](crate::MAX_FRAMES) minus the frames
+    /// heapwatch and the standard library's allocation plumbing take).
+    #[must_use]
+    pub const fn with_depth(mut self, depth: usize) -> Tracker<A> {
+        self.config.depth = depth;
+        self
+    }
+
+    /// Chooses the stack unwinder (default [`Unwinder::Auto`]).
+    #[must_use]
+    pub const fn with_unwinder(mut self, unwinder: Unwinder) -> Tracker<A> {
+        self.config.unwinder = unwinder;
+        self
+    }
+
+    /// Sets the capacity of the callsite table (rounded up to a power of
+    /// two; memory: 304 bytes a callsite, mapped on first use).
+    #[must_use]
+    pub const fn with_max_callsites(mut self, n: usize) -> Tracker<A> {
+        self.config.max_callsites = n;
+        self
+    }
+
+    /// Sets how many sampled blocks can be live at once (rounded up to a
+    /// power of two; memory: 32 bytes each, mapped on first use).
+    #[must_use]
+    pub const fn with_max_live_samples(mut self, n: usize) -> Tracker<A> {
+        self.config.max_live_samples = n;
+        self
+    }
+
+    /// The inner allocator.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn init(&self) {
+        if STATE
+            .compare_exchange(UNINIT, BUSY, Acquire, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let c = &self.config;
+        crate::clock::start();
+        crate::snapshot::note_inner_type(std::any::type_name::<A>());
+        budget::configure(c.budget, c.policy, c.thresholds);
+        sampling::set_sampling(c.sampling);
+        crate::capture::configure(c.depth, c.unwinder);
+        callsites::configure(c.max_callsites, c.max_live_samples);
+        STATE.store(READY, Release);
+    }
+
+    #[inline(always)]
+    fn ensure_init(&self) {
+        if STATE.load(Relaxed) != READY {
+            self.init();
+        }
+    }
+}
+
+/// Counts a successful allocation of `size` bytes at `ptr` and samples it.
+#[inline(always)]
+fn on_alloc(shard: &Shard, ptr: *mut u8, size: usize) {
+    budget::consume(shard, size);
+    shard.add(&shard.allocs, 1);
+    shard.add(&shard.alloc_bytes, size as u64);
+    if let Some(weight) = sampling::should_sample(shard, size) {
+        record_sampled(ptr, size, weight);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn record_sampled(ptr: *mut u8, size: usize, weight: u64) {
+    let _guard = Guard::enter();
+    callsites::record_alloc(ptr as usize, size, weight);
+}
+
+/// Takes a sampled block's record out before the block is freed or moved.
+#[inline(always)]
+fn take_record(ptr: *mut u8) -> Option<Record> {
+    if callsites::maybe_sampled(ptr as usize) {
+        take_record_slow(ptr)
+    } else {
+        None
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn take_record_slow(ptr: *mut u8) -> Option<Record> {
+    callsites::take(ptr as usize)
+}
+
+// SAFETY: every method forwards to `A` with the caller's arguments unchanged
+// and returns what `A` returned, so `A`'s `GlobalAlloc` contract carries
+// over; the bookkeeping around the calls never touches the blocks.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.ensure_init();
+        let shard = counters::current();
+        let size = layout.size();
+        if !budget::admit(shard, size) {
+            return std::ptr::null_mut();
+        }
+        if guard::is_active() {
+            // SAFETY: the caller upholds `alloc`'s contract for `layout`.
+            let p = unsafe { self.inner.alloc(layout) };
+            overhead_alloc(shard, p, size);
+            return p;
+        }
+        let p = {
+            let _g = Guard::enter();
+            // SAFETY: as above.
+            unsafe { self.inner.alloc(layout) }
+        };
+        if p.is_null() {
+            budget::cancel(shard, size);
+        } else {
+            on_alloc(shard, p, size);
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.ensure_init();
+        let shard = counters::current();
+        let size = layout.size();
+        if !budget::admit(shard, size) {
+            return std::ptr::null_mut();
+        }
+        if guard::is_active() {
+            // SAFETY: the caller upholds `alloc_zeroed`'s contract.
+            let p = unsafe { self.inner.alloc_zeroed(layout) };
+            overhead_alloc(shard, p, size);
+            return p;
+        }
+        let p = {
+            let _g = Guard::enter();
+            // SAFETY: as above.
+            unsafe { self.inner.alloc_zeroed(layout) }
+        };
+        if p.is_null() {
+            budget::cancel(shard, size);
+        } else {
+            on_alloc(shard, p, size);
+        }
+        p
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let shard = counters::current();
+        let size = layout.size();
+        if let Some(rec) = take_record(ptr) {
+            callsites::record_free(&rec);
+        }
+        if guard::is_active() {
+            shard.add(&shard.ovh_frees, 1);
+            shard.add(&shard.ovh_freed_bytes, size as u64);
+        } else {
+            shard.add(&shard.frees, 1);
+            shard.add(&shard.freed_bytes, size as u64);
+        }
+        budget::release(shard, size);
+        let _g = Guard::enter();
+        // SAFETY: the caller guarantees `ptr` was allocated by this
+        // allocator (hence by `A`) with `layout`.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        self.ensure_init();
+        let shard = counters::current();
+        let old_size = layout.size();
+        let growth = new_size.saturating_sub(old_size);
+        if growth > 0 && !budget::admit(shard, growth) {
+            return std::ptr::null_mut();
+        }
+        let guarded = guard::is_active();
+        let rec = take_record(ptr);
+        let p = {
+            let _g = Guard::enter();
+            // SAFETY: the caller upholds `realloc`'s contract: `ptr` came
+            // from this allocator with `layout`, `new_size` is valid for it.
+            unsafe { self.inner.realloc(ptr, layout, new_size) }
+        };
+        if p.is_null() {
+            // The old block is still live and still counted as it was.
+            if let Some(rec) = rec {
+                callsites::put_back(ptr as usize, rec);
+            }
+            if growth > 0 {
+                budget::cancel(shard, growth);
+            }
+            return p;
+        }
+        if growth > 0 {
+            budget::consume(shard, growth);
+        } else {
+            budget::release(shard, old_size - new_size);
+        }
+        if let Some(rec) = rec {
+            callsites::record_free(&rec);
+        }
+        if guarded {
+            shard.add(&shard.ovh_alloc_bytes, new_size as u64);
+            shard.add(&shard.ovh_freed_bytes, old_size as u64);
+            return p;
+        }
+        shard.add(&shard.reallocs, 1);
+        shard.add(&shard.alloc_bytes, new_size as u64);
+        shard.add(&shard.freed_bytes, old_size as u64);
+        if let Some(weight) = sampling::should_sample(shard, new_size) {
+            record_sampled(p, new_size, weight);
+        }
+        p
+    }
+}
+
+/// Counts an allocation made under the reentrancy guard as overhead.
+#[inline(always)]
+fn overhead_alloc(shard: &Shard, p: *mut u8, size: usize) {
+    if p.is_null() {
+        budget::cancel(shard, size);
+    } else {
+        budget::consume(shard, size);
+        shard.add(&shard.ovh_allocs, 1);
+        shard.add(&shard.ovh_alloc_bytes, size as u64);
+    }
+}
