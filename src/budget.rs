@@ -200,9 +200,15 @@ impl Thresholds {
         let w = clamp_pct(warning_percent);
         let c = clamp_pct(critical_percent);
         if w <= c {
-            Thresholds { warning_percent: w, critical_percent: c }
+            Thresholds {
+                warning_percent: w,
+                critical_percent: c,
+            }
         } else {
-            Thresholds { warning_percent: c, critical_percent: w }
+            Thresholds {
+                warning_percent: c,
+                critical_percent: w,
+            }
         }
     }
 }
@@ -224,7 +230,9 @@ impl Default for Thresholds {
 }
 
 /// Where the reservation stands against the budget.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum BudgetLevel {
@@ -312,7 +320,11 @@ pub fn budget_status() -> BudgetStatus {
 pub(crate) fn status() -> BudgetStatus {
     BudgetStatus {
         budget: Budget(LIMIT.load(Relaxed)),
-        policy: if REFUSE.load(Relaxed) { Policy::Refuse } else { Policy::Warn },
+        policy: if REFUSE.load(Relaxed) {
+            Policy::Refuse
+        } else {
+            Policy::Warn
+        },
         thresholds: Thresholds::new(WARN_PCT.load(Relaxed), CRIT_PCT.load(Relaxed)),
         reserved_bytes: RESERVED.load(Relaxed),
         peak_bytes: PEAK.load(Relaxed),
@@ -403,7 +415,10 @@ fn parse_mb(bytes: &[u8]) -> EnvMb {
         if !b.is_ascii_digit() {
             return EnvMb::Invalid;
         }
-        mb = match mb.checked_mul(10).and_then(|m| m.checked_add(u64::from(b - b'0'))) {
+        mb = match mb
+            .checked_mul(10)
+            .and_then(|m| m.checked_add(u64::from(b - b'0')))
+        {
             Some(m) => m,
             None => return EnvMb::Invalid,
         };
@@ -412,6 +427,114 @@ fn parse_mb(bytes: &[u8]) -> EnvMb {
         EnvMb::Value(Budget::UNLIMITED)
     } else {
         EnvMb::Value(Budget::from_mb(mb))
+    }
+}
+
+// ---- callbacks, outside the hook --------------------------------------------
+
+/// A change of [`BudgetLevel`] seen by [`watch_budget`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BudgetEvent {
+    /// The level at the previous poll.
+    pub previous: BudgetLevel,
+    /// The highest level reached since the previous poll (a brief excursion
+    /// between two polls is reported, not lost).
+    pub reached: BudgetLevel,
+    /// The state now.
+    pub status: BudgetStatus,
+}
+
+/// Stops the watcher thread and joins it when dropped.
+#[derive(Debug)]
+pub struct BudgetWatch {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Calls `callback` on a background thread (`heapwatch-budget`) whenever the
+/// budget level changes or a threshold was crossed since the previous poll.
+/// The callback never runs inside the allocator: it may allocate, log, shed
+/// load. Polls every `interval`; stop it by dropping the returned handle.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let watch = heapwatch::watch_budget(Duration::from_millis(100), |event| {
+///     eprintln!("memory budget: {:?} -> {:?}", event.previous, event.reached);
+/// });
+/// drop(watch); // stops and joins the thread
+/// ```
+pub fn watch_budget(
+    interval: std::time::Duration,
+    mut callback: impl FnMut(BudgetEvent) + Send + 'static,
+) -> BudgetWatch {
+    use std::sync::{Arc, Condvar, Mutex};
+    let stop = Arc::new((Mutex::new(false), Condvar::new()));
+    let stop2 = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("heapwatch-budget".into())
+        .spawn(move || {
+            let mut last = status();
+            loop {
+                {
+                    let (lock, cvar) = &*stop2;
+                    let Ok(stopped) = lock.lock() else { return };
+                    let Ok((stopped, _)) = cvar.wait_timeout_while(stopped, interval, |s| !*s)
+                    else {
+                        return;
+                    };
+                    if *stopped {
+                        return;
+                    }
+                }
+                let now = status();
+                let reached = if now.exceeded_crossings > last.exceeded_crossings {
+                    BudgetLevel::Exceeded
+                } else if now.critical_crossings > last.critical_crossings {
+                    BudgetLevel::Critical.max(now.level)
+                } else if now.warning_crossings > last.warning_crossings {
+                    BudgetLevel::Warning.max(now.level)
+                } else {
+                    now.level
+                };
+                if reached != last.level || now.level != last.level {
+                    callback(BudgetEvent {
+                        previous: last.level,
+                        reached,
+                        status: now,
+                    });
+                }
+                last = now;
+            }
+        })
+        .ok();
+    BudgetWatch { stop, thread }
+}
+
+impl BudgetWatch {
+    /// Stops the watcher and waits for its thread.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let (lock, cvar) = &*self.stop;
+        if let Ok(mut s) = lock.lock() {
+            *s = true;
+        }
+        cvar.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for BudgetWatch {
+    fn drop(&mut self) {
+        self.stop_and_join();
     }
 }
 
@@ -611,7 +734,10 @@ mod tests {
         assert!(matches!(parse_mb(b"0"), EnvMb::Value(b) if b.is_unlimited()));
         assert!(matches!(parse_mb(b""), EnvMb::Value(b) if b.is_unlimited()));
         assert!(matches!(parse_mb(b"512MB"), EnvMb::Invalid));
-        assert!(matches!(parse_mb(b"99999999999999999999999"), EnvMb::Invalid));
+        assert!(matches!(
+            parse_mb(b"99999999999999999999999"),
+            EnvMb::Invalid
+        ));
     }
 
     #[test]

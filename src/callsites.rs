@@ -20,7 +20,9 @@
 //! again); a sample that finds no free live-block slot is counted in
 //! [`Unattributed`] as `untracked`, since its free cannot be matched.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use std::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -282,7 +284,13 @@ fn filter_add(ptr: usize) {
 fn filter_remove(ptr: usize) {
     if let Some(f) = FILTER.get(filter_index(ptr)) {
         // A saturated counter stays saturated: it no longer knows its count.
-        let _ = f.fetch_update(Relaxed, Relaxed, |v| if v == u8::MAX || v == 0 { None } else { Some(v - 1) });
+        let _ = f.fetch_update(Relaxed, Relaxed, |v| {
+            if v == u8::MAX || v == 0 {
+                None
+            } else {
+                Some(v - 1)
+            }
+        });
     }
 }
 
@@ -369,7 +377,9 @@ pub(crate) fn record_alloc(ptr: usize, size: usize, weight: u64) {
     if !tables_ready() {
         DROPPED_NO_TABLES.fetch_add(1, Relaxed);
         UNATTRIBUTED_ROW.allocs_w.fetch_add(weight, Relaxed);
-        UNATTRIBUTED_ROW.alloc_bytes.fetch_add(weighted_bytes(size, weight), Relaxed);
+        UNATTRIBUTED_ROW
+            .alloc_bytes
+            .fetch_add(weighted_bytes(size, weight), Relaxed);
         untracked(size, weight);
         return;
     }
@@ -384,7 +394,8 @@ pub(crate) fn record_alloc(ptr: usize, size: usize, weight: u64) {
     };
     let c = counters_of(site);
     c.allocs_w.fetch_add(weight, Relaxed);
-    c.alloc_bytes.fetch_add(weighted_bytes(size, weight), Relaxed);
+    c.alloc_bytes
+        .fetch_add(weighted_bytes(size, weight), Relaxed);
     if !insert(ptr, Record { site, size, weight }) {
         DROPPED_LIVE_FULL.fetch_add(1, Relaxed);
         untracked(size, weight);
@@ -400,7 +411,8 @@ fn untracked(size: u64, weight: u64) {
 pub(crate) fn record_free(rec: &Record) {
     let c = counters_of(rec.site);
     c.frees_w.fetch_add(rec.weight, Relaxed);
-    c.freed_bytes.fetch_add(weighted_bytes(rec.size, rec.weight), Relaxed);
+    c.freed_bytes
+        .fetch_add(weighted_bytes(rec.size, rec.weight), Relaxed);
 }
 
 /// Puts a record back (a `realloc` that failed leaves the block as it was).
@@ -615,6 +627,11 @@ pub struct TableUsage {
     pub live_sample_capacity: u64,
     /// Live sampled blocks recorded now.
     pub live_samples_used: u64,
+    /// Addresses in the symbol cache.
+    pub symbol_cache_entries: u64,
+    /// Threads that found every counter shard leased and share the
+    /// fallback shard (still exact, slower).
+    pub shard_overflows: u64,
 }
 
 /// Reads the tables' capacities and use.
@@ -623,7 +640,12 @@ pub(crate) fn usage() -> TableUsage {
         callsite_capacity: sites().len() as u64,
         callsites_used: SITES_USED.load(Relaxed) as u64,
         live_sample_capacity: records().len() as u64,
-        live_samples_used: STRIPE_LOCKS.iter().map(|s| s.used.load(Relaxed) as u64).sum(),
+        live_samples_used: STRIPE_LOCKS
+            .iter()
+            .map(|s| s.used.load(Relaxed) as u64)
+            .sum(),
+        symbol_cache_entries: crate::symbolize::cache_len() as u64,
+        shard_overflows: crate::counters::lease_overflows(),
     }
 }
 

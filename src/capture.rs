@@ -128,15 +128,13 @@ fn backtrace_walk(out: &mut [usize]) -> usize {
     // be used here: its lock may allocate on first use, and the hook must
     // not.
     unsafe {
-        backtrace::trace_unsynchronized(|frame| {
-            match out.get_mut(n) {
-                Some(slot) => {
-                    *slot = frame.ip() as usize;
-                    n += 1;
-                    n < out.len()
-                }
-                None => false,
+        backtrace::trace_unsynchronized(|frame| match out.get_mut(n) {
+            Some(slot) => {
+                *slot = frame.ip() as usize;
+                n += 1;
+                n < out.len()
             }
+            None => false,
         });
     }
     n
@@ -148,7 +146,10 @@ thread_local! {
     static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
-#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 fn stack_bounds() -> Option<(usize, usize)> {
     let b = STACK.try_with(Cell::get).ok()?;
     if b.1 > 1 {
@@ -185,7 +186,10 @@ mod fp {
     /// Walks frame pointers from the caller of this function. Every frame
     /// record must lie inside the thread's stack, be aligned, and be above
     /// the previous one; the walk stops at the first that is not.
-    #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
     #[inline(never)]
     pub(super) fn walk(out: &mut [usize]) -> usize {
         let Some((lo, hi)) = super::stack_bounds() else {
@@ -231,7 +235,10 @@ mod fp {
         n
     }
 
-    #[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
     pub(super) fn walk(_out: &mut [usize]) -> usize {
         0
     }

@@ -126,12 +126,22 @@ impl Snapshot {
             seen.insert(c.id.as_str());
             let b = base_by_id.get(c.id.as_str());
             let (bl, bb, ba, bab, bf) = b.map_or((0, 0, 0, 0, 0), |b| {
-                (b.live_bytes, b.live_blocks, b.allocations, b.allocated_bytes, b.frees)
+                (
+                    b.live_bytes,
+                    b.live_blocks,
+                    b.allocations,
+                    b.allocated_bytes,
+                    b.frees,
+                )
             });
             callsites.push(CallsiteDelta {
                 id: c.id.clone(),
                 frames: c.frames.clone(),
-                change: if b.is_some() { Change::Both } else { Change::New },
+                change: if b.is_some() {
+                    Change::Both
+                } else {
+                    Change::New
+                },
                 live_bytes: c.live_bytes,
                 live_bytes_delta: d(c.live_bytes, bl),
                 live_blocks_delta: d(c.live_blocks, bb),

@@ -154,7 +154,10 @@ impl GrowthReport {
             s.push_str("; no callsite was sampled (try Sampling::All)");
         }
         for c in &self.top_growing {
-            let at = c.frames.first().map_or("<unknown>", |f| f.function.as_str());
+            let at = c
+                .frames
+                .first()
+                .map_or("<unknown>", |f| f.function.as_str());
             s.push_str(&format!("\n  +{} bytes at {at}", c.live_bytes_delta));
             if let Some(f) = c.frames.first() {
                 if let (Some(file), Some(line)) = (&f.file, f.line) {
@@ -238,9 +241,8 @@ impl GrowthCheck {
             per_iteration_bytes: per,
             top_growing,
         };
-        let leaking = total > 0
-            && total as u64 > self.tolerance_bytes
-            && growing * 2 >= self.iterations;
+        let leaking =
+            total > 0 && total as u64 > self.tolerance_bytes && growing * 2 >= self.iterations;
         if leaking {
             Err(Leak(report))
         } else {

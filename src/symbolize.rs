@@ -75,10 +75,7 @@ fn resolve(ip: usize) -> Vec<Frame> {
     let addr = ip.saturating_sub(1);
     let mut out = Vec::new();
     backtrace::resolve(addr as *mut std::ffi::c_void, |sym| {
-        let function = sym
-            .name()
-            .map(|n| format!("{n:#}"))
-            .unwrap_or_default();
+        let function = sym.name().map(|n| format!("{n:#}")).unwrap_or_default();
         out.push(Frame {
             function,
             file: sym.filename().map(|p| shorten_path(&p.to_string_lossy())),
@@ -248,7 +245,9 @@ mod tests {
         let _ = marker_function_for_symbolize();
         let frames: Vec<Frame> = ips[..n].iter().flat_map(|&ip| resolve(ip)).collect();
         assert!(
-            frames.iter().any(|f| f.function.contains("symbolizes_a_function_of_ours")),
+            frames
+                .iter()
+                .any(|f| f.function.contains("symbolizes_a_function_of_ours")),
             "{frames:#?}"
         );
     }

@@ -1,0 +1,51 @@
+//! `HEAPWATCH_MAX_MEMORY_MB` is read at the first allocation and overrides
+//! the builder's budget. The variable must be set before the process
+//! starts, so the test runs itself again as a child process.
+
+use std::process::Command;
+
+use heapwatch::{Budget, Tracker};
+
+#[global_allocator]
+static GLOBAL: Tracker<std::alloc::System> =
+    Tracker::new(std::alloc::System).with_budget(Budget::from_mb(1024));
+
+const CHILD: &str = "HEAPWATCH_TEST_CHILD";
+
+#[test]
+fn env_var_sets_the_budget() {
+    match std::env::var(CHILD).as_deref() {
+        Ok("valid") => {
+            assert_eq!(heapwatch::stats().budget_bytes, Some(48 << 20));
+            let mut v: Vec<u8> = Vec::new();
+            assert!(v.try_reserve_exact(64 << 20).is_err());
+            return;
+        }
+        Ok("invalid") => {
+            let st = heapwatch::budget_status();
+            assert!(st.env_var_invalid);
+            assert_eq!(
+                st.budget.bytes(),
+                Some(1024 << 20),
+                "the builder's budget stays"
+            );
+            return;
+        }
+        _ => {}
+    }
+    assert_eq!(heapwatch::stats().budget_bytes, Some(1024 << 20));
+    for (value, mode) in [("48", "valid"), ("48MB", "invalid")] {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "env_var_sets_the_budget", "--nocapture"])
+            .env(CHILD, mode)
+            .env("HEAPWATCH_MAX_MEMORY_MB", value)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "child ({value}) failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! `scope` counts only the current thread's allocations, so leak tests can
+//! run in parallel; `GrowthCheck` tells a leak from a cache filling once and
+//! names the leaking callsite; panics leave heapwatch usable.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use heapwatch::{GrowthCheck, Sampling, Tracker};
+
+#[global_allocator]
+static GLOBAL: Tracker<std::alloc::System> =
+    Tracker::new(std::alloc::System).with_sampling(Sampling::All);
+
+#[inline(never)]
+fn leaky_function(store: &mut Vec<Vec<u8>>) {
+    store.push(black_box(vec![0u8; 3000]));
+}
+
+#[test]
+fn scope_is_per_thread_and_growth_check_finds_leaks() {
+    // Noise: other threads allocate and free the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    held.push(black_box(vec![1u8; 512]));
+                    if held.len() > 100 {
+                        held.clear();
+                    }
+                }
+            })
+        })
+        .collect();
+
+    for _ in 0..50 {
+        let (v, s) = heapwatch::scope(|| black_box(vec![0u64; 100]));
+        assert!(s.exact);
+        assert_eq!((s.allocations, s.frees, s.reallocs), (1, 0, 0));
+        assert_eq!(
+            (s.allocated_bytes, s.net_live_bytes, s.net_live_blocks),
+            (800, 800, 1)
+        );
+        let ((), s) = heapwatch::scope(|| drop(v));
+        assert_eq!((s.frees, s.net_live_bytes), (1, -800));
+    }
+
+    // A leak: every iteration keeps 3000 bytes.
+    let mut store = Vec::with_capacity(64);
+    let err = GrowthCheck::new()
+        .run(|| leaky_function(&mut store))
+        .expect_err("a leak of 3000 bytes an iteration");
+    assert_eq!(err.0.iterations, 20);
+    assert!(err.0.growing_iterations >= 20, "{:?}", err.0);
+    assert!(err.0.total_growth_bytes >= 20 * 3000);
+    let message = err.to_string();
+    assert!(
+        message.contains("leaky_function"),
+        "the report names the callsite: {message}"
+    );
+
+    // A cache that fills once during warm-up is not a leak.
+    let mut cache: Option<Vec<u8>> = None;
+    let report = GrowthCheck::new()
+        .run(|| {
+            cache.get_or_insert_with(|| vec![0u8; 100_000]);
+            black_box(vec![0u8; 64]);
+        })
+        .expect("filled once during warm-up");
+    assert_eq!(report.growing_iterations, 0);
+
+    // A panic inside scope or a growth check propagates and leaves
+    // heapwatch usable.
+    let r = std::panic::catch_unwind(|| heapwatch::scope(|| panic!("boom")));
+    assert!(r.is_err());
+    let r = std::panic::catch_unwind(|| GrowthCheck::new().run(|| panic!("boom")));
+    assert!(r.is_err());
+    let (_, s) = heapwatch::scope(|| black_box(vec![0u8; 10]));
+    assert_eq!(s.allocations, 1);
+    heapwatch::assert_no_growth(|| drop(black_box(vec![0u8; 128])));
+
+    stop.store(true, Ordering::Relaxed);
+    for t in noise {
+        t.join().unwrap();
+    }
+}

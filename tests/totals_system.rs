@@ -1,0 +1,20 @@
+//! Exact totals with `Tracker<System>`.
+
+mod common;
+
+use heapwatch::Tracker;
+use std::alloc::System;
+
+#[global_allocator]
+static GLOBAL: Tracker<System> = Tracker::new(System);
+
+#[test]
+fn totals_are_exact_on_system() {
+    assert!(heapwatch::installed());
+    common::exact_totals(&GLOBAL);
+    common::threads_churn_exact();
+    let s = heapwatch::stats();
+    assert!(s.peak_bytes >= s.live_bytes);
+    assert_eq!(s.budget_bytes, None);
+    assert_eq!(s.budget_denials, 0);
+}
