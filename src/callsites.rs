@@ -19,6 +19,26 @@
 //! slot is counted in the *unattributed* row (and its free subtracted there
 //! again); a sample that finds no free live-block slot is counted in
 //! [`Unattributed`] as `untracked`, since its free cannot be matched.
+//!
+//! # Fork
+//!
+//! When the tables are first mapped, a `pthread_atfork` handler is
+//! registered: `prepare` takes the 64 stripe locks in order, `parent` and
+//! `child` release them. A thread that holds a stripe lock while another
+//! thread forks therefore finishes its few stores first, and the child never
+//! starts with a lock held by a thread it does not have (which would hang it
+//! at its next sampled free). A callsite slot being written at the fork is
+//! waited for a bounded time by the child, then the sample goes to the
+//! unattributed row; tables being mapped at the fork stay unmapped in the
+//! child (its samples count as `dropped_no_tables`).
+//!
+//! What the child's figures mean: the child inherits the parent's counts at
+//! the fork. Totals, callsites (with the parent's live sampled blocks, which
+//! the child also has) and the budget reservation continue from there.
+//! Threads other than the forking one do not exist in the child, but their
+//! shards' counts remain in the sums (their leases and unspent budget credit
+//! are never returned in the child, which only makes the reservation read
+//! high by at most `2 × CHUNK_BYTES` per such thread).
 
 use std::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*,
@@ -233,8 +253,45 @@ fn tables_ready() -> bool {
     SITES_CAP.store(sites_cap, Relaxed);
     RECORDS.store(records.cast(), Relaxed);
     RECORDS_CAP.store(records_cap, Relaxed);
+    register_atfork();
     TABLES.store(TABLES_READY, Release);
     true
+}
+
+/// Registers the fork handlers; called once, by the thread that mapped the
+/// tables (before that, no stripe lock is ever taken: `insert` and `take`
+/// return early on empty tables).
+fn register_atfork() {
+    // SAFETY: the three handlers are `extern "C" fn()`s that live for the
+    // whole program, touch only the static `STRIPE_LOCKS`, never allocate
+    // through the global allocator and never unwind. A failure (ENOMEM) only
+    // leaves forks unprotected, as before this handler existed.
+    let _ = unsafe {
+        libc::pthread_atfork(
+            Some(atfork_prepare),
+            Some(atfork_release),
+            Some(atfork_release),
+        )
+    };
+}
+
+/// Before `fork`: takes every stripe lock, in index order (the only order
+/// in which one thread ever holds more than one). A lock is held for a few
+/// stores and never across an allocation, so this waits only for those.
+extern "C" fn atfork_prepare() {
+    for stripe in &STRIPE_LOCKS {
+        // Released by `atfork_release` in the parent and in the child.
+        std::mem::forget(stripe.lock());
+    }
+}
+
+/// After `fork`, in the parent and in the child: releases the locks taken
+/// by `atfork_prepare` (in the child, by the forking thread, whose copy of
+/// them is the child's only thread).
+extern "C" fn atfork_release() {
+    for stripe in &STRIPE_LOCKS {
+        stripe.locked.store(false, Release);
+    }
 }
 
 fn sites() -> &'static [Site] {
@@ -332,10 +389,16 @@ fn find_or_insert(frames: &[usize]) -> Option<u32> {
             }
         }
         if cur & !BUSY == h {
+            // Another thread is writing this slot: it takes a few stores.
+            // Wait a bounded time (a writer frozen by `fork` or a signal
+            // never finishes), then give the sample to the unattributed row.
             let mut spins = 0u32;
             while cur & BUSY != 0 {
                 spins += 1;
-                if spins > 1_000 {
+                if spins > 10_000 {
+                    return None;
+                }
+                if spins > 100 {
                     std::thread::yield_now();
                 }
                 std::hint::spin_loop();
@@ -654,8 +717,8 @@ pub(crate) fn static_table_bytes() -> usize {
     std::mem::size_of_val(&FILTER)
         + std::mem::size_of_val(&STRIPE_LOCKS)
         + crate::counters::SHARDS * 256
-        + sites().len() * std::mem::size_of::<Site>()
-        + records().len() * std::mem::size_of::<Slot>()
+        + std::mem::size_of_val(sites())
+        + std::mem::size_of_val(records())
 }
 
 #[cfg(test)]

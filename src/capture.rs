@@ -128,13 +128,17 @@ fn backtrace_walk(out: &mut [usize]) -> usize {
     // be used here: its lock may allocate on first use, and the hook must
     // not.
     unsafe {
-        backtrace::trace_unsynchronized(|frame| match out.get_mut(n) {
-            Some(slot) => {
-                *slot = frame.ip() as usize;
-                n += 1;
-                n < out.len()
+        backtrace::trace_unsynchronized(|frame| {
+            let ip = frame.ip() as usize;
+            match out.get_mut(n) {
+                // The outermost frame has no return address: stop there.
+                Some(slot) if ip != 0 => {
+                    *slot = ip;
+                    n += 1;
+                    n < out.len()
+                }
+                _ => false,
             }
-            None => false,
         });
     }
     n
@@ -257,17 +261,48 @@ mod fp {
 
     #[inline(never)]
     fn probe_inner() -> bool {
-        let mut a = [0usize; 8];
+        let mut a = [0usize; super::MAX_FRAMES];
         let na = walk(&mut a);
-        let mut b = [0usize; super::MAX_FRAMES];
+        let mut b = [0usize; 2 * super::MAX_FRAMES];
         let nb = super::backtrace_walk(&mut b);
-        let (Some(a), Some(b)) = (a.get(..na), b.get(..nb)) else {
+        match (a.get(..na), b.get(..nb)) {
+            (Some(a), Some(b)) => agrees(a, b),
+            _ => false,
+        }
+    }
+
+    /// Whether the frame-pointer walk `a` taken in `probe_inner` matches
+    /// the platform unwinder's walk `b` taken in the same function:
+    ///
+    /// - `a[0]` is the return address of the call to `walk`, so it must not
+    ///   be in `b` but lie close to `b`'s return address of the call to
+    ///   `backtrace_walk` (both inside `probe_inner`). A walk that starts
+    ///   late, because this code keeps no frame pointer while callers do,
+    ///   fails here;
+    /// - from there on both walks are the same frames, at least 3 of them,
+    ///   up to where either ends: a skipped or invented frame fails.
+    pub(super) fn agrees(a: &[usize], b: &[usize]) -> bool {
+        let Some((&first, rest)) = a.split_first() else {
             return false;
         };
-        let Some(want) = a.get(..4) else {
+        let Some(&second) = rest.first() else {
             return false;
         };
-        b.windows(4).any(|w| w == want)
+        if b.contains(&first) {
+            return false;
+        }
+        let Some(j) = b.iter().position(|&ip| ip == second) else {
+            return false;
+        };
+        let Some(&sibling) = j.checked_sub(1).and_then(|k| b.get(k)) else {
+            return false;
+        };
+        if first.abs_diff(sibling) > 512 {
+            return false;
+        }
+        let tail = b.get(j..).unwrap_or(&[]);
+        let n = rest.len().min(tail.len());
+        n >= 3 && rest.iter().zip(tail).take(n).all(|(x, y)| x == y)
     }
 }
 
@@ -281,6 +316,34 @@ mod tests {
         let n = capture(&mut out);
         assert!(n > 3, "only {n} frames");
         assert!(out[..n].iter().all(|&ip| ip != 0));
+    }
+
+    #[test]
+    fn probe_rejects_late_skipped_or_invented_frames() {
+        // b: [trace internals, call of backtrace_walk in probe_inner (1000),
+        //     probe_outer (20), probe (30), caller (40), ...]
+        let b = [5, 1000, 20, 30, 40, 50, 60];
+        // a: [call of walk in probe_inner (1040), then the same frames].
+        assert!(fp::agrees(&[1040, 20, 30, 40, 50], &b));
+        assert!(
+            fp::agrees(&[1040, 20, 30, 40, 50, 60, 70], &b),
+            "b may end first"
+        );
+        assert!(
+            !fp::agrees(&[30, 40, 50, 60], &b),
+            "a walk that starts late"
+        );
+        assert!(!fp::agrees(&[1040, 20, 40, 50, 60], &b), "a skipped frame");
+        assert!(
+            !fp::agrees(&[1040, 20, 30, 99, 50], &b),
+            "an invented frame"
+        );
+        assert!(
+            !fp::agrees(&[9000, 20, 30, 40], &b),
+            "first frame not in probe_inner"
+        );
+        assert!(!fp::agrees(&[1040, 20, 30], &b), "too short to tell");
+        assert!(!fp::agrees(&[], &b));
     }
 
     #[test]

@@ -34,6 +34,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The server was asked to bind an address other than loopback without
+    /// [`ServerBuilder::allow_non_loopback`](crate::ServerBuilder::allow_non_loopback).
+    #[error("refusing to serve heap data on non-loopback address {addr} (call ServerBuilder::allow_non_loopback(true) to allow it)")]
+    NonLoopbackAddress {
+        /// The address that was refused.
+        addr: std::net::SocketAddr,
+    },
 }
 
 impl Error {

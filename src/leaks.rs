@@ -1,1 +1,513 @@
 //! Leak detection by growth rate over retained snapshots.
+//!
+//! A leak shows as live bytes that keep rising. [`leak_report`] fits a
+//! least-squares line to live bytes against time over the snapshots inside
+//! a window (by default the last five minutes) and reports its slope in
+//! MiB per minute, for the process (`totals.live_bytes`) and for every
+//! callsite (matched by id), graded by [`LeakThresholds`] into a
+//! [`Severity`]. It is a pure function of its inputs: the server feeds it
+//! its history ring, and a program can feed it snapshots it kept itself.
+//!
+//! Time is the snapshots' `uptime_ms` (monotonic), not their wall clock, so
+//! a clock step does not fake a slope. A callsite absent from a snapshot
+//! counts as zero live bytes there (it did not exist yet, or had nothing
+//! live). With fewer than two points, or all points at the same instant,
+//! there is no slope: the report says `enough_data: false` and every slope
+//! is zero.
+//!
+//! A megabyte here is a mebibyte (2^20 bytes), as in [`Budget`](crate::Budget).
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::budget::BudgetStatus;
+use crate::snapshot::Snapshot;
+use crate::symbolize::Frame;
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// How fast live bytes must grow (MiB per minute) to reach each
+/// [`Severity`]. Defaults: 3, 6, 12 and 15 MiB/min.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeakThresholds {
+    /// Growth at or above this is [`Severity::Low`].
+    pub low_mb_per_min: f64,
+    /// Growth at or above this is [`Severity::Medium`].
+    pub medium_mb_per_min: f64,
+    /// Growth at or above this is [`Severity::High`].
+    pub high_mb_per_min: f64,
+    /// Growth at or above this is [`Severity::Critical`].
+    pub critical_mb_per_min: f64,
+}
+
+impl LeakThresholds {
+    /// 3, 6, 12 and 15 MiB per minute.
+    pub const DEFAULT: LeakThresholds = LeakThresholds {
+        low_mb_per_min: 3.0,
+        medium_mb_per_min: 6.0,
+        high_mb_per_min: 12.0,
+        critical_mb_per_min: 15.0,
+    };
+
+    /// Thresholds in MiB per minute, for low, medium, high and critical.
+    pub const fn new(low: f64, medium: f64, high: f64, critical: f64) -> LeakThresholds {
+        LeakThresholds {
+            low_mb_per_min: low,
+            medium_mb_per_min: medium,
+            high_mb_per_min: high,
+            critical_mb_per_min: critical,
+        }
+    }
+
+    /// The severity of growing `mb_per_min` MiB per minute. NaN is
+    /// [`Severity::None`].
+    pub fn severity(&self, mb_per_min: f64) -> Severity {
+        if mb_per_min >= self.critical_mb_per_min {
+            Severity::Critical
+        } else if mb_per_min >= self.high_mb_per_min {
+            Severity::High
+        } else if mb_per_min >= self.medium_mb_per_min {
+            Severity::Medium
+        } else if mb_per_min >= self.low_mb_per_min {
+            Severity::Low
+        } else {
+            Severity::None
+        }
+    }
+}
+
+impl Default for LeakThresholds {
+    fn default() -> Self {
+        LeakThresholds::DEFAULT
+    }
+}
+
+/// How alarming a growth rate is.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Below the low threshold (or no data).
+    #[default]
+    None,
+    /// At or above the low threshold.
+    Low,
+    /// At or above the medium threshold.
+    Medium,
+    /// At or above the high threshold.
+    High,
+    /// At or above the critical threshold.
+    Critical,
+}
+
+/// The process's growth over the window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Growth {
+    /// Least-squares slope of live bytes, MiB per minute (0 without
+    /// enough data).
+    pub mb_per_min: f64,
+    /// The same slope in bytes per second.
+    pub bytes_per_sec: f64,
+    /// Live bytes at the first point in the window.
+    pub first_live_bytes: u64,
+    /// Live bytes at the last point in the window.
+    pub last_live_bytes: u64,
+    /// `last_live_bytes - first_live_bytes`.
+    pub delta_bytes: i64,
+    /// The grade of `mb_per_min`.
+    pub severity: Severity,
+}
+
+/// One callsite's growth over the window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CallsiteGrowth {
+    /// The callsite's id.
+    pub id: String,
+    /// Its frames, as in the latest snapshot that has it.
+    pub frames: Vec<Frame>,
+    /// Live bytes in the last snapshot of the window.
+    pub live_bytes: u64,
+    /// Least-squares slope of its live bytes, MiB per minute.
+    pub mb_per_min: f64,
+    /// The same slope in bytes per second.
+    pub bytes_per_sec: f64,
+    /// Live bytes at the last point minus at the first.
+    pub delta_bytes: i64,
+    /// The grade of `mb_per_min`.
+    pub severity: Severity,
+}
+
+/// What [`leak_report`] found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LeakReport {
+    /// The window asked for, in milliseconds.
+    pub window_ms: u64,
+    /// Time between the first and the last point used, in milliseconds.
+    pub span_ms: u64,
+    /// Snapshots inside the window.
+    pub points: usize,
+    /// Whether there were at least two points at distinct times (otherwise
+    /// every slope is zero and every severity `none`).
+    pub enough_data: bool,
+    /// The thresholds used.
+    pub thresholds: LeakThresholds,
+    /// The process's growth (`totals.live_bytes`).
+    pub process: Growth,
+    /// Callsites whose live bytes grew (positive slope), fastest first.
+    pub callsites: Vec<CallsiteGrowth>,
+    /// The budget's state when the report was made.
+    pub budget: BudgetStatus,
+}
+
+/// Grades the growth of live bytes over the snapshots taken within
+/// `window` of the latest one, and attaches the budget's state
+/// ([`budget_status`](crate::budget_status)).
+///
+/// Snapshots may come in any order; they are ordered by `uptime_ms`.
+/// Accepts `&[Snapshot]`, `&[Arc<Snapshot>]` or `&[&Snapshot]`.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use heapwatch::{leak_report, LeakThresholds, Severity};
+///
+/// let first = heapwatch::snapshot();
+/// let report = leak_report(&[first], Duration::from_secs(300), &LeakThresholds::DEFAULT);
+/// assert_eq!(report.points, 1);
+/// assert!(!report.enough_data);
+/// assert_eq!(report.process.severity, Severity::None);
+/// ```
+pub fn leak_report<S: Borrow<Snapshot>>(
+    snapshots: &[S],
+    window: Duration,
+    thresholds: &LeakThresholds,
+) -> LeakReport {
+    report_with_budget(
+        snapshots,
+        window,
+        thresholds,
+        crate::budget::budget_status(),
+    )
+}
+
+/// [`leak_report`] with the budget's state given: the pure part.
+pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
+    snapshots: &[S],
+    window: Duration,
+    thresholds: &LeakThresholds,
+    budget: BudgetStatus,
+) -> LeakReport {
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    let mut points: Vec<&Snapshot> = snapshots.iter().map(Borrow::borrow).collect();
+    points.sort_by_key(|s| (s.uptime_ms, s.id));
+    if let Some(last) = points.last().map(|s| s.uptime_ms) {
+        let start = last.saturating_sub(window_ms);
+        points.retain(|s| s.uptime_ms >= start);
+    }
+    let span_ms = match (points.first(), points.last()) {
+        (Some(a), Some(b)) => b.uptime_ms - a.uptime_ms,
+        _ => 0,
+    };
+    let enough_data = points.len() >= 2 && span_ms > 0;
+    // x: minutes since the first point.
+    let t0 = points.first().map_or(0, |s| s.uptime_ms);
+    let xs: Vec<f64> = points
+        .iter()
+        .map(|s| (s.uptime_ms - t0) as f64 / 60_000.0)
+        .collect();
+
+    let totals: Vec<u64> = points.iter().map(|s| s.totals.live_bytes).collect();
+    let process = growth(&xs, &totals, enough_data, thresholds);
+
+    let mut callsites = Vec::new();
+    if enough_data {
+        // id -> live bytes per point (0 where absent), and the index of the
+        // latest snapshot that has it (for frames).
+        let mut series: HashMap<&str, (Vec<u64>, usize, usize)> = HashMap::new();
+        for (i, snap) in points.iter().enumerate() {
+            for (j, c) in snap.callsites.iter().enumerate() {
+                let entry = series
+                    .entry(c.id.as_str())
+                    .or_insert_with(|| (vec![0; points.len()], i, j));
+                if let Some(v) = entry.0.get_mut(i) {
+                    *v = v.saturating_add(c.live_bytes);
+                }
+                entry.1 = i;
+                entry.2 = j;
+            }
+        }
+        for (id, (ys, si, ci)) in series {
+            let g = growth(&xs, &ys, true, thresholds);
+            if g.bytes_per_sec.is_nan() || g.bytes_per_sec <= 0.0 {
+                continue;
+            }
+            let frames = points
+                .get(si)
+                .and_then(|s| s.callsites.get(ci))
+                .map(|c| c.frames.clone())
+                .unwrap_or_default();
+            callsites.push(CallsiteGrowth {
+                id: id.to_string(),
+                frames,
+                live_bytes: g.last_live_bytes,
+                mb_per_min: g.mb_per_min,
+                bytes_per_sec: g.bytes_per_sec,
+                delta_bytes: g.delta_bytes,
+                severity: g.severity,
+            });
+        }
+        callsites.sort_by(|a, b| {
+            b.bytes_per_sec
+                .total_cmp(&a.bytes_per_sec)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+    }
+
+    LeakReport {
+        window_ms,
+        span_ms,
+        points: points.len(),
+        enough_data,
+        thresholds: *thresholds,
+        process,
+        callsites,
+        budget,
+    }
+}
+
+fn growth(xs: &[f64], ys: &[u64], enough: bool, thresholds: &LeakThresholds) -> Growth {
+    let first = ys.first().copied().unwrap_or(0);
+    let last = ys.last().copied().unwrap_or(0);
+    let delta = (i128::from(last) - i128::from(first))
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    let mb_per_min = if enough { slope(xs, ys) / MIB } else { 0.0 };
+    Growth {
+        mb_per_min,
+        bytes_per_sec: mb_per_min * MIB / 60.0,
+        first_live_bytes: first,
+        last_live_bytes: last,
+        delta_bytes: delta,
+        severity: if enough {
+            thresholds.severity(mb_per_min)
+        } else {
+            Severity::None
+        },
+    }
+}
+
+/// Least-squares slope of `ys` against `xs` (units of y per unit of x); 0
+/// when the xs do not vary.
+fn slope(xs: &[f64], ys: &[u64]) -> f64 {
+    let n = xs.len().min(ys.len());
+    if n < 2 {
+        return 0.0;
+    }
+    let nf = n as f64;
+    let mx = xs.iter().take(n).sum::<f64>() / nf;
+    // Centre y on its first value to keep precision with large byte counts.
+    let y0 = ys.first().copied().unwrap_or(0) as f64;
+    let my = ys.iter().take(n).map(|&y| y as f64 - y0).sum::<f64>() / nf;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (&x, &y) in xs.iter().zip(ys) {
+        let dx = x - mx;
+        sxy += dx * (y as f64 - y0 - my);
+        sxx += dx * dx;
+    }
+    if sxx == 0.0 {
+        0.0
+    } else {
+        sxy / sxx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    /// A snapshot at `uptime_ms` with `total` live bytes and the given
+    /// callsites `(id, live_bytes)`, built from JSON as users would.
+    fn snap(id: u64, uptime_ms: u64, total: u64, sites: &[(&str, u64)]) -> Snapshot {
+        let callsites: Vec<serde_json::Value> = sites
+            .iter()
+            .map(|(cid, live)| {
+                serde_json::json!({
+                    "id": cid,
+                    "frames": [{"function": format!("app::{cid}"), "file": "src/app.rs", "line": 1}],
+                    "allocations": 1, "allocated_bytes": live, "frees": 0, "freed_bytes": 0,
+                    "live_blocks": 1, "live_bytes": live, "estimated": false
+                })
+            })
+            .collect();
+        // Start from a real snapshot's JSON so that every field the format
+        // has is present, then set the figures under test.
+        let mut json = serde_json::to_value(crate::snapshot::snapshot()).unwrap();
+        json["id"] = id.into();
+        json["run_id"] = "test".into();
+        json["taken_at_ms"] = (1_700_000_000_000u64 + uptime_ms).into();
+        json["uptime_ms"] = uptime_ms.into();
+        json["totals"]["live_bytes"] = total.into();
+        json["callsites"] = callsites.into();
+        serde_json::from_value(json).expect("synthetic snapshot must parse")
+    }
+
+    fn report(snaps: &[Snapshot], window_s: u64) -> LeakReport {
+        report_with_budget(
+            snaps,
+            Duration::from_secs(window_s),
+            &LeakThresholds::DEFAULT,
+            crate::budget::budget_status(),
+        )
+    }
+
+    #[test]
+    fn no_snapshots_and_one_snapshot_are_not_enough() {
+        let r = report(&[], 300);
+        assert_eq!(r.points, 0);
+        assert!(!r.enough_data);
+        assert_eq!(r.process.mb_per_min, 0.0);
+
+        let r = report(&[snap(1, 1000, 100 * MB, &[("a", 100 * MB)])], 300);
+        assert_eq!(r.points, 1);
+        assert!(!r.enough_data);
+        assert_eq!(r.process.severity, Severity::None);
+        assert!(r.callsites.is_empty());
+    }
+
+    #[test]
+    fn same_instant_is_not_enough() {
+        let r = report(&[snap(1, 1000, 0, &[]), snap(2, 1000, 50 * MB, &[])], 300);
+        assert_eq!(r.points, 2);
+        assert!(!r.enough_data);
+        assert_eq!(r.process.mb_per_min, 0.0);
+    }
+
+    #[test]
+    fn linear_growth_gives_exact_slope_and_severity() {
+        // 10 MiB per minute, sampled every 10 s for 2 minutes.
+        let snaps: Vec<Snapshot> = (0..13)
+            .map(|i| {
+                let t = i * 10_000;
+                let live = 10 * MB * t / 60_000;
+                snap(
+                    i + 1,
+                    t,
+                    1000 + live,
+                    &[("leaky", live), ("steady", 5 * MB)],
+                )
+            })
+            .collect();
+        let r = report(&snaps, 300);
+        assert!(r.enough_data);
+        assert_eq!(r.points, 13);
+        assert_eq!(r.span_ms, 120_000);
+        assert!(
+            (r.process.mb_per_min - 10.0).abs() < 1e-6,
+            "{}",
+            r.process.mb_per_min
+        );
+        assert_eq!(r.process.severity, Severity::Medium);
+        assert_eq!(r.process.delta_bytes, 20 * MB as i64);
+        // Only the growing callsite is listed.
+        assert_eq!(r.callsites.len(), 1);
+        assert_eq!(r.callsites[0].id, "leaky");
+        assert_eq!(r.callsites[0].severity, Severity::Medium);
+        assert_eq!(r.callsites[0].frames[0].function, "app::leaky");
+        assert!((r.callsites[0].bytes_per_sec - 10.0 * MB as f64 / 60.0).abs() < 1e-2);
+    }
+
+    #[test]
+    fn severities_follow_thresholds() {
+        let t = LeakThresholds::DEFAULT;
+        assert_eq!(t.severity(0.0), Severity::None);
+        assert_eq!(t.severity(2.99), Severity::None);
+        assert_eq!(t.severity(3.0), Severity::Low);
+        assert_eq!(t.severity(6.0), Severity::Medium);
+        assert_eq!(t.severity(11.9), Severity::Medium);
+        assert_eq!(t.severity(12.0), Severity::High);
+        assert_eq!(t.severity(15.0), Severity::Critical);
+        assert_eq!(t.severity(-40.0), Severity::None);
+        assert_eq!(t.severity(f64::NAN), Severity::None);
+        let custom = LeakThresholds::new(0.5, 1.0, 2.0, 4.0);
+        assert_eq!(custom.severity(3.0), Severity::High);
+    }
+
+    #[test]
+    fn window_keeps_only_recent_points() {
+        // Steep growth long ago, flat in the last minute.
+        let mut snaps = vec![snap(1, 0, 0, &[]), snap(2, 60_000, 500 * MB, &[])];
+        for i in 0..7 {
+            snaps.push(snap(3 + i, 200_000 + i * 10_000, 500 * MB, &[]));
+        }
+        let r = report(&snaps, 60);
+        assert_eq!(r.points, 7);
+        assert_eq!(r.process.mb_per_min, 0.0);
+        assert_eq!(r.process.severity, Severity::None);
+        let all = report(&snaps, 3600);
+        assert_eq!(all.points, 9);
+        assert!(all.process.mb_per_min > 0.0);
+    }
+
+    #[test]
+    fn order_of_input_does_not_matter_and_absent_is_zero() {
+        let a = snap(1, 0, 0, &[]);
+        let b = snap(2, 60_000, 20 * MB, &[("new", 20 * MB)]);
+        let c = snap(3, 120_000, 40 * MB, &[("new", 40 * MB), ("shrinking", 0)]);
+        let fwd = report(&[a.clone(), b.clone(), c.clone()], 300);
+        let rev = report(&[c, a, b], 300);
+        assert_eq!(fwd, rev);
+        assert!((fwd.process.mb_per_min - 20.0).abs() < 1e-9);
+        assert_eq!(fwd.process.severity, Severity::Critical);
+        assert_eq!(fwd.callsites.len(), 1, "zero growth is not listed");
+        assert_eq!(fwd.callsites[0].id, "new");
+        assert_eq!(fwd.callsites[0].live_bytes, 40 * MB);
+    }
+
+    #[test]
+    fn shrinking_and_noisy_flat_are_not_leaks() {
+        let snaps: Vec<Snapshot> = (0..10u64)
+            .map(|i| {
+                let noisy = 100 * MB + if i % 2 == 0 { MB } else { 0 };
+                snap(i + 1, i * 10_000, noisy, &[("down", 100 * MB - i * MB)])
+            })
+            .collect();
+        let r = report(&snaps, 300);
+        assert!(r.enough_data);
+        assert_eq!(r.process.severity, Severity::None);
+        assert!(r.callsites.is_empty());
+    }
+
+    #[test]
+    fn report_serializes_with_contract_fields() {
+        let r = report(
+            &[
+                snap(1, 0, 0, &[]),
+                snap(2, 30_000, 2 * MB, &[("x", 2 * MB)]),
+            ],
+            300,
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        for key in [
+            "window_ms",
+            "points",
+            "enough_data",
+            "process",
+            "callsites",
+            "budget",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["process"]["severity"], "low");
+        assert_eq!(v["window_ms"], 300_000);
+        assert!(v["budget"].get("level").is_some());
+    }
+}

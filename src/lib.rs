@@ -1,4 +1,88 @@
-//! heapwatch: a tracking global allocator.
+//! heapwatch: a tracking `#[global_allocator]` that keeps exact totals,
+//! attributes memory to callsites, enforces a budget, and serves heap
+//! snapshots over HTTP.
+//!
+//! # Overview
+//!
+//! [`Tracker<A>`](Tracker) wraps any [`GlobalAlloc`](std::alloc::GlobalAlloc)
+//! (`std::alloc::System`, `tikv_jemallocator::Jemalloc`, `dhat::Alloc`) and is
+//! built in a `static` with a `const fn`:
+//!
+//! ```
+//! #[global_allocator]
+//! static GLOBAL: heapwatch::Tracker<std::alloc::System> =
+//!     heapwatch::Tracker::new(std::alloc::System);
+//!
+//! fn main() {
+//!     let data = vec![0u8; 1 << 20];
+//!     let s = heapwatch::stats();
+//!     assert!(s.live_bytes >= 1 << 20);
+//!
+//!     let snap = heapwatch::snapshot();          // totals + callsites, symbolized
+//!     println!("{}", serde_json::to_string(&snap.totals).unwrap());
+//!     drop(data);
+//! }
+//! ```
+//!
+//! What it gives you:
+//!
+//! - **Exact totals** ([`stats`]): live bytes and blocks, peak, allocations,
+//!   frees, reallocations, cumulative bytes, heapwatch's own overhead. Each
+//!   thread counts into its own cache-line-aligned shard; readers sum the
+//!   shards, so no atomic is contended on the allocation path.
+//! - **Callsites** ([`snapshot`], [`Snapshot`], [`Sampling`]): Poisson
+//!   sampling by bytes (512 KiB by default, unbiased weights) that is cheap
+//!   enough to leave on, or every allocation exactly. Stacks are captured
+//!   into fixed buffers (frame pointers when the build keeps them, else the
+//!   `backtrace` crate) and symbolized only when a snapshot is built.
+//! - **Diffs** ([`Snapshot::diff`]): in-use figures are differences of
+//!   absolute values, cumulative ones are subtracted; snapshots saved from
+//!   two runs diff by their symbolized frames.
+//! - **A budget** ([`Budget`], [`Policy`], [`set_budget`], [`watch_budget`]):
+//!   refuse (so `try_reserve` fails and the program carries on) or warn,
+//!   with 80% / 95% thresholds reported outside the allocator.
+//! - **Leak tests** ([`scope`], [`GrowthCheck`], [`assert_no_growth`]):
+//!   per-thread counts, so they work while other tests run in parallel.
+//! - **An endpoint** (`serve`, `ServerBuilder`, feature `server`): `/heap`,
+//!   `/heap/history`, `/heap/diff`, `/heap/leaks`, `/debug/pprof/heap`,
+//!   `/metrics`, a flamegraph and a dashboard, on its own thread.
+//!
+//! # The allocator hook
+//!
+//! `alloc`, `alloc_zeroed`, `dealloc` and `realloc` never allocate, never
+//! block on a lock that can be held across an allocation, and never panic.
+//! Bookkeeping happens after the inner allocator succeeded; a failed
+//! `realloc` leaves the old block counted as it was. Anything heapwatch
+//! allocates for itself happens under a reentrancy guard (a `const`
+//! thread-local, usable during thread teardown) and is counted as overhead.
+//! Tables have fixed capacities; overflow is counted in
+//! [`Snapshot::unattributed`], never a crash or a silent loss.
+//!
+//! # Cargo features
+//!
+//! - `jemalloc` (default): `tikv_jemallocator::Jemalloc` as an inner
+//!   allocator, and jemalloc's own statistics in snapshots.
+//! - `server` (default): the HTTP endpoint (hyper 1.x on a current-thread
+//!   tokio runtime of its own; the host program needs no tokio). Implies
+//!   `pprof` and `flamegraph`.
+//! - `pprof`: [`Snapshot::to_pprof`], gzipped pprof protobuf.
+//! - `flamegraph`: `Snapshot::to_flamegraph_svg`.
+//!
+//! # Known limitation with `dhat::Alloc`
+//!
+//! dhat's allocator takes a global lock and calls the `backtrace` crate,
+//! which takes its own lock; symbolizing takes them in the other order. With
+//! `Tracker<dhat::Alloc>`, build snapshots (and run the server) only while no
+//! other thread allocates, as in a single-threaded leak test (dhat-rs #18,
+//! #25). heapwatch over jemalloc or System takes no lock in `alloc` and
+//! captures stacks with the unsynchronized unwinder, so it has no such
+//! ordering.
+//!
+//! # Symbols
+//!
+//! Function names and lines need debug info: `[profile.release] debug = 1`.
+//! Build with `RUSTFLAGS="-C force-frame-pointers=yes"` for the fast
+//! frame-pointer unwinder.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -9,7 +93,6 @@ mod clock;
 mod counters;
 mod diff;
 mod error;
-#[cfg(any(feature = "pprof", feature = "flamegraph"))]
 mod export;
 mod guard;
 mod leaks;
@@ -22,13 +105,13 @@ mod symbolize;
 mod tracker;
 
 pub use budget::{
-    budget_status, set_budget, set_budget_policy, set_budget_thresholds, Budget, BudgetLevel,
-    BudgetStatus, Policy, Thresholds, CHUNK_BYTES,
+    budget_status, set_budget, set_budget_policy, set_budget_thresholds, watch_budget, Budget,
+    BudgetEvent, BudgetLevel, BudgetStatus, BudgetWatch, Policy, Thresholds, CHUNK_BYTES,
 };
 pub use callsites::{TableUsage, Unattributed, DEFAULT_MAX_CALLSITES, DEFAULT_MAX_LIVE_SAMPLES};
 pub use capture::{active_unwinder, set_unwinder, Unwinder, MAX_FRAMES};
 pub use counters::{stats, Stats, SHARDS};
-pub use diff::{Change, CallsiteDelta, SnapshotDiff, TotalsDelta};
+pub use diff::{CallsiteDelta, Change, SnapshotDiff, TotalsDelta};
 pub use error::Error;
 pub use sampling::{sampling, set_sampling, set_sampling_seed, Sampling};
 pub use scope::{assert_no_growth, scope, GrowthCheck, GrowthReport, Leak, ScopeStats};
@@ -38,8 +121,18 @@ pub use snapshot::{
 pub use symbolize::Frame;
 pub use tracker::{installed, Tracker};
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 // -- export: re-exports of src/export (pprof, prometheus, flamegraph) --
+pub use export::render_prometheus;
+#[cfg(feature = "pprof")]
+pub use export::PprofKind;
 // -- end export --
 
 // -- server: re-exports of src/server and src/leaks --
+pub use leaks::{leak_report, CallsiteGrowth, Growth, LeakReport, LeakThresholds, Severity};
+#[cfg(feature = "server")]
+pub use server::{serve, ServerBuilder, ServerHandle};
 // -- end server --

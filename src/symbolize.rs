@@ -42,7 +42,7 @@ fn cache() -> &'static Cache {
 /// heapwatch's and the allocation plumbing's frames at the top.
 pub(crate) fn symbolize(ips: &[usize]) -> Vec<Frame> {
     let mut all: Vec<Frame> = Vec::new();
-    for &ip in ips {
+    for &ip in ips.iter().filter(|&&ip| ip > 1) {
         all.extend(resolve_cached(ip).iter().cloned());
     }
     trim(all)
@@ -167,10 +167,12 @@ fn is_plumbing(function: &str) -> bool {
         if PLUMBING.iter().any(|p| self_ty.starts_with(p)) {
             return true;
         }
-        // A primitive (`str`, `u8`) or a bare type parameter (`T`).
-        let bare = !self_ty.contains("::");
-        let primitive = self_ty.starts_with(|c: char| c.is_ascii_lowercase());
-        let parameter = self_ty.len() == 1;
+        // A primitive (`str`, `u8`, `[u8; 4]`) or a bare type parameter
+        // (`T`, `[T]`).
+        let name = self_ty.split([']', ')', ';', '<']).next().unwrap_or("");
+        let bare = !name.contains("::");
+        let primitive = name.starts_with(|c: char| c.is_ascii_lowercase());
+        let parameter = !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase());
         return bare && (primitive || parameter);
     }
     false

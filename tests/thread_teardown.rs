@@ -33,8 +33,7 @@ fn thread_exit_and_tls_destructors_lose_nothing() {
         .map(|i| {
             std::thread::spawn(move || {
                 LATE.with(|l| *l.borrow_mut() = Some(AllocatesOnDrop(vec![1u8; 100 + i])));
-                let kept = black_box(vec![0u8; 1000]);
-                kept
+                black_box(vec![0u8; 1000])
             })
         })
         .collect();

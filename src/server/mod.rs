@@ -1,1 +1,562 @@
 //! The HTTP endpoint.
+//!
+//! [`serve`] (or [`ServerBuilder`]) binds a `std` listener on the caller's
+//! thread, so a bad address fails at once, then serves from one background
+//! thread named `heapwatch-server` that runs its own current-thread tokio
+//! runtime and hyper 1.x: the host program needs no async runtime. The
+//! thread (and the runtime's blocking thread that builds snapshots) runs
+//! under heapwatch's reentrancy guard, so everything the server allocates
+//! is counted as heapwatch's overhead, not as the program's.
+//!
+//! Routes are listed in `docs/ENDPOINTS.md`. Heap data is sensitive: the
+//! server binds loopback unless told otherwise, and can require a bearer
+//! token ([`ServerBuilder::token`], or the `HEAPWATCH_TOKEN` environment
+//! variable).
+//!
+//! # Limits
+//!
+//! - at most [`ServerBuilder::max_connections`] connections (64); others
+//!   get `503` and are closed at once;
+//! - request line and headers at most 16 KiB (hyper answers `431`);
+//! - headers must arrive within [`ServerBuilder::header_timeout`] (5 s),
+//!   which also closes keep-alive connections idle that long; a connection
+//!   lives at most 2 minutes;
+//! - request bodies are refused (`413`);
+//! - history: [`ServerBuilder::history_len`] snapshots (360), each keeping
+//!   its [`ServerBuilder::history_callsites`] largest callsites by live bytes
+//!   (256), without their frames (frames are kept once per callsite): at
+//!   most about 12 MB at the defaults.
+
+mod routes;
+mod state;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::StatusCode;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::error::Error;
+use crate::guard::{untracked, Guard};
+use crate::leaks::LeakThresholds;
+use state::{Config, State};
+
+/// Request line plus headers, at most.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// A connection is asked to close after this long, busy or not.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
+/// How long in-flight requests get to finish on shutdown.
+const GRACE: Duration = Duration::from_secs(1);
+/// Sent to connections over the limit.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+connection: close\r\n\
+retry-after: 1\r\n\
+content-length: 58\r\n\
+\r\n\
+{\"error\":\"too many connections to the heapwatch endpoint\"}";
+
+/// Starts the HTTP endpoint on `addr` with the default settings (see
+/// [`ServerBuilder`]). The address must be loopback; `HEAPWATCH_TOKEN`, if
+/// set, is required as a bearer token.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the address does not resolve or cannot be bound, or
+/// the server thread cannot start; [`Error::NonLoopbackAddress`] for an
+/// address other than loopback.
+///
+/// # Example
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapwatch::Tracker<std::alloc::System> =
+///     heapwatch::Tracker::new(std::alloc::System);
+///
+/// fn main() -> Result<(), heapwatch::Error> {
+///     use std::io::{Read, Write};
+///
+///     let server = heapwatch::serve("127.0.0.1:0")?;
+///     let mut conn = std::net::TcpStream::connect(server.local_addr()).unwrap();
+///     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+///         .unwrap();
+///     let mut response = String::new();
+///     conn.read_to_string(&mut response).unwrap();
+///     assert!(response.starts_with("HTTP/1.1 200"));
+///     server.shutdown();
+///     Ok(())
+/// }
+/// ```
+pub fn serve(addr: impl ToSocketAddrs) -> Result<ServerHandle, Error> {
+    ServerBuilder::new().addr(addr).serve()
+}
+
+/// Settings for the HTTP endpoint; [`ServerBuilder::serve`] starts it.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+///
+/// #[global_allocator]
+/// static GLOBAL: heapwatch::Tracker<std::alloc::System> =
+///     heapwatch::Tracker::new(std::alloc::System);
+///
+/// fn main() -> Result<(), heapwatch::Error> {
+///     let server = heapwatch::ServerBuilder::new()
+///         .addr("127.0.0.1:0")
+///         .token(Some("s3cret".to_string()))
+///         .history_interval(Duration::from_secs(5))
+///         .history_len(720)
+///         .leak_window(Duration::from_secs(600))
+///         .serve()?;
+///     println!("heapwatch at http://{}/?token=s3cret", server.local_addr());
+///     server.shutdown();
+///
+///     // Non-loopback addresses must be allowed explicitly.
+///     let refused = heapwatch::ServerBuilder::new().addr("0.0.0.0:0").serve();
+///     assert!(matches!(refused, Err(heapwatch::Error::NonLoopbackAddress { .. })));
+///     Ok(())
+/// }
+/// ```
+#[must_use = "a ServerBuilder does nothing until .serve() is called"]
+pub struct ServerBuilder {
+    addrs: Result<Vec<SocketAddr>, io::Error>,
+    token: Option<Option<String>>,
+    history_interval: Duration,
+    history_len: usize,
+    history_callsites: usize,
+    max_connections: usize,
+    header_timeout: Duration,
+    leak_window: Duration,
+    leak_thresholds: LeakThresholds,
+    allow_non_loopback: bool,
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("addrs", &self.addrs)
+            .field(
+                "token",
+                &self
+                    .token
+                    .as_ref()
+                    .map(|t| t.as_ref().map(|_| "<redacted>")),
+            )
+            .field("history_interval", &self.history_interval)
+            .field("history_len", &self.history_len)
+            .field("history_callsites", &self.history_callsites)
+            .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("leak_window", &self.leak_window)
+            .field("leak_thresholds", &self.leak_thresholds)
+            .field("allow_non_loopback", &self.allow_non_loopback)
+            .finish()
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder::new()
+    }
+}
+
+impl ServerBuilder {
+    /// The defaults: `127.0.0.1:0` (an ephemeral port: read it from
+    /// [`ServerHandle::local_addr`]), token from `HEAPWATCH_TOKEN`, a
+    /// snapshot every 10 s, 360 kept (an hour) with their 256 largest
+    /// callsites, 64 connections, 5 s to send
+    /// headers, leaks judged over 5 minutes with [`LeakThresholds::DEFAULT`],
+    /// loopback only.
+    pub fn new() -> ServerBuilder {
+        ServerBuilder {
+            addrs: Ok(vec![SocketAddr::from(([127, 0, 0, 1], 0))]),
+            token: None,
+            history_interval: Duration::from_secs(10),
+            history_len: 360,
+            history_callsites: 256,
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+            leak_window: Duration::from_secs(300),
+            leak_thresholds: LeakThresholds::DEFAULT,
+            allow_non_loopback: false,
+        }
+    }
+
+    /// The address to bind (resolved now; a resolution error is returned by
+    /// [`serve`](ServerBuilder::serve)). Every address it resolves to must
+    /// be loopback unless [`allow_non_loopback`](ServerBuilder::allow_non_loopback).
+    pub fn addr(mut self, addr: impl ToSocketAddrs) -> ServerBuilder {
+        self.addrs = addr.to_socket_addrs().map(Iterator::collect);
+        self
+    }
+
+    /// Require `Authorization: Bearer <token>` on every request (`None`: no
+    /// token, even if `HEAPWATCH_TOKEN` is set). When never called, the
+    /// token is read from `HEAPWATCH_TOKEN` (if set and not empty).
+    ///
+    /// The dashboard page (`/`) also accepts the token as `?token=`, since a
+    /// browser cannot add the header to a page load; its script then sends
+    /// the header on every request it makes and removes the token from the
+    /// address bar.
+    pub fn token(mut self, token: Option<String>) -> ServerBuilder {
+        self.token = Some(token);
+        self
+    }
+
+    /// How often the history takes a snapshot (default 10 s, at least
+    /// 10 ms).
+    pub fn history_interval(mut self, interval: Duration) -> ServerBuilder {
+        self.history_interval = interval;
+        self
+    }
+
+    /// How many snapshots the history keeps (default 360, at least 1).
+    pub fn history_len(mut self, len: usize) -> ServerBuilder {
+        self.history_len = len;
+        self
+    }
+
+    /// How many callsites each retained snapshot keeps: the largest by live
+    /// bytes (default 256). Bounds the history's memory; a callsite that
+    /// keeps growing enters this set as it grows. `/heap` always has them
+    /// all.
+    pub fn history_callsites(mut self, n: usize) -> ServerBuilder {
+        self.history_callsites = n;
+        self
+    }
+
+    /// Connections served at once (default 64, at least 1); more get `503`.
+    pub fn max_connections(mut self, n: usize) -> ServerBuilder {
+        self.max_connections = n;
+        self
+    }
+
+    /// How long a client has to send a request's headers, and how long a
+    /// keep-alive connection may sit idle (default 5 s).
+    pub fn header_timeout(mut self, timeout: Duration) -> ServerBuilder {
+        self.header_timeout = timeout;
+        self
+    }
+
+    /// The window `/heap/leaks` fits growth over (default 5 minutes).
+    pub fn leak_window(mut self, window: Duration) -> ServerBuilder {
+        self.leak_window = window;
+        self
+    }
+
+    /// The growth rates that grade `/heap/leaks` (default 3/6/12/15 MiB per
+    /// minute).
+    pub fn leak_thresholds(mut self, thresholds: LeakThresholds) -> ServerBuilder {
+        self.leak_thresholds = thresholds;
+        self
+    }
+
+    /// Allow binding an address other than loopback (default `false`: heap
+    /// data names the program's code and shows its memory use). Set a token
+    /// too.
+    pub fn allow_non_loopback(mut self, allow: bool) -> ServerBuilder {
+        self.allow_non_loopback = allow;
+        self
+    }
+
+    /// Binds the address and starts the server thread. Returns once the
+    /// server accepts connections.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the address does not resolve or cannot be bound,
+    /// or the server thread or its runtime cannot start;
+    /// [`Error::NonLoopbackAddress`] for an address other than loopback
+    /// without [`allow_non_loopback`](ServerBuilder::allow_non_loopback).
+    pub fn serve(self) -> Result<ServerHandle, Error> {
+        let addrs = self
+            .addrs
+            .map_err(|e| Error::io("resolving the server address", e))?;
+        if addrs.is_empty() {
+            return Err(Error::io(
+                "resolving the server address",
+                io::Error::new(io::ErrorKind::InvalidInput, "it resolved to no address"),
+            ));
+        }
+        if !self.allow_non_loopback {
+            if let Some(addr) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+                return Err(Error::NonLoopbackAddress { addr: *addr });
+            }
+        }
+        let listener = TcpListener::bind(&addrs[..])
+            .map_err(|e| Error::io(format!("binding {}", describe(&addrs)), e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("making the listener non-blocking", e))?;
+        let token = match self.token {
+            Some(t) => t,
+            None => std::env::var("HEAPWATCH_TOKEN").ok(),
+        }
+        .filter(|t| !t.is_empty());
+
+        // From here on everything lives as long as the server: allocate it
+        // as heapwatch's own (it is freed under the guard too).
+        let started = untracked(|| {
+            let cfg = Config {
+                token: token.as_deref().map(|t| t.as_bytes().to_vec()),
+                history_interval: self.history_interval.max(Duration::from_millis(10)),
+                history_len: self.history_len.max(1),
+                history_callsites: self.history_callsites.max(1),
+                max_connections: self.max_connections.max(1),
+                header_timeout: self.header_timeout,
+                leak_window: self.leak_window,
+                leak_thresholds: self.leak_thresholds,
+            };
+            start(listener, cfg)
+        });
+        let (thread, stop) = started?;
+        Ok(ServerHandle {
+            local_addr,
+            thread: Some(thread),
+            stop: Some(stop),
+        })
+    }
+}
+
+fn describe(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Spawns the server thread and waits until its runtime is up.
+fn start(
+    listener: TcpListener,
+    cfg: Config,
+) -> Result<(JoinHandle<()>, watch::Sender<bool>), Error> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), io::Error>>(1);
+    let thread = std::thread::Builder::new()
+        .name("heapwatch-server".to_string())
+        .spawn(move || {
+            // The guard stays set for the rest of this thread's life,
+            // thread-local destructors included: everything the server
+            // allocates and frees is heapwatch's overhead.
+            std::mem::forget(Guard::enter());
+            run(listener, cfg, stop_rx, ready_tx);
+        })
+        .map_err(|e| Error::io("spawning the heapwatch-server thread", e))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((thread, stop_tx)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(Error::io("starting the server runtime", e))
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(Error::io(
+                "starting the server runtime",
+                io::Error::other("the heapwatch-server thread exited before it was ready"),
+            ))
+        }
+    }
+}
+
+/// The server thread's body.
+fn run(
+    listener: TcpListener,
+    cfg: Config,
+    stop: watch::Receiver<bool>,
+    ready: mpsc::SyncSender<Result<(), io::Error>>,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .thread_name("heapwatch-blocking")
+        .max_blocking_threads(2)
+        .on_thread_start(|| std::mem::forget(Guard::enter()))
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let listener = {
+        let _enter = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)
+    };
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    runtime.block_on(accept_loop(listener, Arc::new(State::new(cfg)), stop));
+    // Dropping the runtime cancels what is left and joins its blocking
+    // thread (a snapshot build in flight finishes first).
+    drop(runtime);
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let history = tokio::spawn(history_task(Arc::clone(&state)));
+    let slots = Arc::new(Semaphore::new(state.cfg.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.cfg.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(_) => {
+                        // Out of descriptors or similar: back off instead
+                        // of spinning.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    // Over the limit: answer without a task and close.
+                    let _ = stream.try_write(BUSY);
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = serve_connection(
+                    http.clone(),
+                    stream,
+                    Arc::clone(&state),
+                    stop.clone(),
+                );
+                conns.spawn(async move {
+                    conn.await;
+                    drop(permit);
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        }
+    }
+    drop(listener);
+    history.abort();
+    let _ = history.await;
+    // Each connection was told to finish; give them the grace period.
+    let drained =
+        tokio::time::timeout(GRACE, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+}
+
+async fn serve_connection(
+    http: http1::Builder,
+    stream: tokio::net::TcpStream,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move {
+            // A task per request: a panic in a handler ends that task only,
+            // and the client gets a 500.
+            let response = match tokio::spawn(routes::handle(state, req)).await {
+                Ok(r) => r,
+                Err(_) => routes::error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error while answering the request",
+                ),
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let age = tokio::time::sleep(MAX_CONNECTION_AGE);
+    tokio::pin!(age);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.changed() => {}
+        _ = &mut age => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(GRACE, conn.as_mut()).await;
+}
+
+async fn history_task(state: Arc<State>) {
+    let mut tick = tokio::time::interval(state.cfg.history_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // A failed build is skipped; the next tick tries again.
+        let _ = state.fresh(true).await;
+    }
+}
+
+/// The running endpoint, from [`serve`] or [`ServerBuilder::serve`].
+/// Dropping it stops the server as [`ServerHandle::shutdown`] does.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (with the actual port when port 0
+    /// was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops the server: no new connections, in-flight requests get up to
+    /// a second to finish, then everything is cancelled. Returns once
+    /// every thread the server started has exited.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        // These were allocated under the guard: free them under it too.
+        let _g = Guard::enter();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+            drop(stop);
+        }
+        if let Some(thread) = self.thread.take() {
+            // A panic on the server thread has already been reported by the
+            // panic hook; it must not propagate into the host program.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}

@@ -1,0 +1,508 @@
+//! Routing and the handlers. Everything here answers; nothing panics on
+//! request data (and the caller catches a panic anyway).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::state::State;
+use crate::export::PprofKind;
+use crate::snapshot::{Snapshot, SortKey};
+
+/// The dashboard page (self-contained: no external assets).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+type Resp = Response<Full<Bytes>>;
+
+/// A failed request: status and message, answered as `{"error": ...}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_param(name: &str, value: &str, why: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid query parameter {name}={value:?}: {why}"),
+        )
+    }
+}
+
+impl From<super::state::BuildFailed> for ApiError {
+    fn from(e: super::state::BuildFailed) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.0)
+    }
+}
+
+/// `{"error": message}` with `status`.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Resp {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: &'a str,
+    }
+    let body = serde_json::to_vec(&Body { error: message })
+        .unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
+    let mut r = with_body(status, "application/json", body);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"heapwatch\""),
+        );
+    }
+    r
+}
+
+fn with_body(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Resp, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("serializing the response: {e}"),
+        )
+    })?;
+    Ok(with_body(StatusCode::OK, "application/json", body))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Dashboard,
+    Heap,
+    History,
+    Diff,
+    Leaks,
+    PprofHeap,
+    PprofAllocs,
+    Metrics,
+    Flamegraph,
+}
+
+impl Route {
+    fn from_path(path: &str) -> Option<Route> {
+        Some(match path {
+            "/" => Route::Dashboard,
+            "/heap" => Route::Heap,
+            "/heap/history" => Route::History,
+            "/heap/diff" => Route::Diff,
+            "/heap/leaks" => Route::Leaks,
+            "/debug/pprof/heap" => Route::PprofHeap,
+            "/debug/pprof/allocs" => Route::PprofAllocs,
+            "/metrics" => Route::Metrics,
+            "/heap/flamegraph.svg" => Route::Flamegraph,
+            _ => return None,
+        })
+    }
+
+    /// The query parameters the route accepts.
+    fn params(self) -> &'static [&'static str] {
+        match self {
+            Route::Dashboard => &["token"],
+            Route::Heap => &["top", "sort"],
+            Route::History | Route::Metrics | Route::Flamegraph => &[],
+            Route::Diff => &["base", "to", "top"],
+            Route::Leaks => &["top"],
+            Route::PprofHeap | Route::PprofAllocs => &["gc", "debug", "seconds"],
+        }
+    }
+}
+
+/// Answers one request.
+pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
+    match respond(&state, &req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = error_response(e.status, &e.message);
+            if e.status == StatusCode::METHOD_NOT_ALLOWED {
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
+        }
+    }
+}
+
+async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let route = Route::from_path(req.uri().path());
+    let query = parse_query(req.uri().query().unwrap_or(""))?;
+
+    if let Some(token) = &state.cfg.token {
+        let from_header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let from_query = match route {
+            Some(Route::Dashboard) => query.get("token").map(|t| t.as_bytes()),
+            _ => None,
+        };
+        let ok = from_header.or(from_query).is_some_and(|t| ct_eq(t, token));
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send Authorization: Bearer <token>",
+            ));
+        }
+    }
+    let Some(route) = route else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {}", req.uri().path()),
+        ));
+    };
+    if req.method() != Method::GET {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} not allowed (use GET)", req.method()),
+        ));
+    }
+    if !req.body().is_end_stream() {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request bodies are not accepted",
+        ));
+    }
+    if let Some(name) = query.keys().find(|k| !route.params().contains(&k.as_str())) {
+        let allowed = route.params().join(", ");
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown query parameter {name:?} (accepted: {})",
+                if allowed.is_empty() { "none" } else { &allowed }
+            ),
+        ));
+    }
+
+    match route {
+        Route::Dashboard => Ok(dashboard_headers(with_body(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            DASHBOARD,
+        ))),
+        Route::Heap => {
+            let top = parse_top(&query)?;
+            let sort = match query.get("sort") {
+                Some(v) => Some(
+                    v.parse::<SortKey>()
+                        .map_err(|why| ApiError::bad_param("sort", v, &why))?,
+                ),
+                None => None,
+            };
+            let snap = state.fresh(false).await?;
+            if top.is_none() && sort.is_none() {
+                return json(&*snap);
+            }
+            let mut s = Snapshot::clone(&snap);
+            s.sort_callsites(sort.unwrap_or_default());
+            if let Some(n) = top {
+                s.truncate_callsites(n);
+            }
+            json(&s)
+        }
+        Route::History => {
+            state.ensure_history().await?;
+            history(state)
+        }
+        Route::Diff => diff(state, &query).await,
+        Route::Leaks => {
+            let top = parse_top(&query)?;
+            state.ensure_history().await?;
+            let (snaps, _) = state.with_history(|h| (h.snapshots(), ()));
+            let mut report = crate::leaks::leak_report(
+                &snaps,
+                state.cfg.leak_window,
+                &state.cfg.leak_thresholds,
+            );
+            if let Some(n) = top {
+                report.callsites.truncate(n);
+            }
+            state.with_history(|h| {
+                for c in &mut report.callsites {
+                    if let Some(f) = h.frames(&c.id) {
+                        c.frames.clone_from(f);
+                    }
+                }
+            });
+            json(&report)
+        }
+        Route::PprofHeap | Route::PprofAllocs => {
+            if let Some(v) = query.get("seconds") {
+                return Err(ApiError::bad_param(
+                    "seconds",
+                    v,
+                    "delta profiles are not supported; take two snapshots and use /heap/diff",
+                ));
+            }
+            let kind = if route == Route::PprofHeap {
+                PprofKind::Heap
+            } else {
+                PprofKind::Allocs
+            };
+            let snap = state.fresh(false).await?;
+            let body = snap.to_pprof(kind);
+            let mut r = with_body(StatusCode::OK, "application/octet-stream", body);
+            let name = if kind == PprofKind::Heap {
+                "attachment; filename=\"heap.pb.gz\""
+            } else {
+                "attachment; filename=\"allocs.pb.gz\""
+            };
+            r.headers_mut()
+                .insert(header::CONTENT_DISPOSITION, HeaderValue::from_static(name));
+            Ok(r)
+        }
+        Route::Metrics => {
+            let snap = state.fresh(false).await?;
+            Ok(with_body(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                snap.to_prometheus(),
+            ))
+        }
+        Route::Flamegraph => {
+            let snap = state.fresh(false).await?;
+            let svg = snap.to_flamegraph_svg().map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("rendering the flamegraph: {e}"),
+                )
+            })?;
+            Ok(with_body(StatusCode::OK, "image/svg+xml", svg))
+        }
+    }
+}
+
+fn dashboard_headers(mut r: Resp) -> Resp {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    // The page may carry ?token= in its URL: never send it on.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+fn history(state: &State) -> Result<Resp, ApiError> {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        id: u64,
+        taken_at_ms: u64,
+        uptime_ms: u64,
+        totals: &'a crate::counters::Stats,
+    }
+    #[derive(Serialize)]
+    struct History<'a> {
+        interval_ms: u64,
+        capacity: usize,
+        snapshots: Vec<Entry<'a>>,
+    }
+    let snaps = state.with_history(|h| h.snapshots());
+    json(&History {
+        interval_ms: u64::try_from(state.cfg.history_interval.as_millis()).unwrap_or(u64::MAX),
+        capacity: state.cfg.history_len,
+        snapshots: snaps
+            .iter()
+            .map(|s| Entry {
+                id: s.id,
+                taken_at_ms: s.taken_at_ms,
+                uptime_ms: s.uptime_ms,
+                totals: &s.totals,
+            })
+            .collect(),
+    })
+}
+
+async fn diff(state: &State, query: &HashMap<String, String>) -> Result<Resp, ApiError> {
+    let top = parse_top(query)?;
+    let Some(base_s) = query.get("base") else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing query parameter base (a snapshot id from /heap/history)",
+        ));
+    };
+    let base_id = parse_id("base", base_s)?;
+    let to_id = match query.get("to").map(String::as_str) {
+        None | Some("now") => None,
+        Some(v) => Some(parse_id("to", v)?),
+    };
+    state.ensure_history().await?;
+    let lookup = |id: u64| {
+        state.with_history(|h| {
+            h.get(id).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "snapshot {id} is not retained; retained ids: {}",
+                        h.describe_ids()
+                    ),
+                )
+            })
+        })
+    };
+    let base = lookup(base_id)?;
+    let to = match to_id {
+        Some(id) => lookup(id)?,
+        None => state.fresh(false).await?,
+    };
+    let mut d = to.diff(&base);
+    if let Some(n) = top {
+        d.callsites.truncate(n);
+    }
+    // History snapshots are kept without frames: put them back.
+    state.with_history(|h| {
+        for c in d.callsites.iter_mut().filter(|c| c.frames.is_empty()) {
+            if let Some(f) = h.frames(&c.id) {
+                c.frames.clone_from(f);
+            }
+        }
+    });
+    json(&d)
+}
+
+fn parse_id(name: &str, v: &str) -> Result<u64, ApiError> {
+    v.parse::<u64>().map_err(|_| {
+        ApiError::bad_param(name, v, "expected a snapshot id (a non-negative integer)")
+    })
+}
+
+fn parse_top(query: &HashMap<String, String>) -> Result<Option<usize>, ApiError> {
+    match query.get("top") {
+        None => Ok(None),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(ApiError::bad_param("top", v, "expected a positive integer")),
+        },
+    }
+}
+
+/// Splits `a=1&b=2` into a map, percent-decoding names and values.
+/// Duplicate names and undecodable text are errors.
+fn parse_query(q: &str) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter name {k:?} is not valid percent-encoded UTF-8"),
+            )
+        })?;
+        let v = percent_decode(v)
+            .ok_or_else(|| ApiError::bad_param(&k, v, "not valid percent-encoded UTF-8"))?;
+        if out.contains_key(&k) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter {k:?} given more than once"),
+            ));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Compares in time that depends only on the lengths, not on where the
+/// inputs differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query("top=5&sort=live_bytes&&x=a%20b+c").unwrap();
+        assert_eq!(q["top"], "5");
+        assert_eq!(q["x"], "a b c");
+        assert!(parse_query("a=1&a=2").is_err());
+        assert!(parse_query("a=%zz").is_err());
+        assert!(parse_query("a=%ff").is_err(), "not UTF-8");
+        assert!(parse_query("a=%4").is_err());
+        assert!(parse_query("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret2"));
+        assert!(!ct_eq(b"", b"x"));
+        assert!(ct_eq(b"", b""));
+    }
+
+    #[test]
+    fn top_must_be_positive() {
+        let q = |s: &str| parse_top(&parse_query(s).unwrap());
+        assert_eq!(q("top=3").ok().flatten(), Some(3));
+        assert!(q("top=0").is_err());
+        assert!(q("top=-1").is_err());
+        assert!(q("top=abc").is_err());
+        assert_eq!(q("").ok().flatten(), None);
+    }
+}

@@ -1,0 +1,271 @@
+//! Bad input never hurts the server: each bad request gets an error (or a
+//! closed connection) and a good request right after still succeeds.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use heapwatch::{ServerBuilder, ServerHandle, Tracker};
+
+#[global_allocator]
+static GLOBAL: Tracker<std::alloc::System> = Tracker::new(std::alloc::System);
+
+/// Sends `request` and reads until the server closes. Write and read
+/// errors (the server may reset a connection it refuses) give what was
+/// read so far.
+fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn get(addr: SocketAddr, target: &str, extra_headers: &str) -> String {
+    exchange(
+        addr,
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra_headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
+fn status(response: &str) -> Option<u16> {
+    response.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+fn body(response: &str) -> serde_json::Value {
+    let (_, b) = response.split_once("\r\n\r\n").expect("a head and a body");
+    serde_json::from_str(b).unwrap_or_else(|e| panic!("error body is not JSON ({e}): {b:?}"))
+}
+
+fn assert_good(addr: SocketAddr, after: &str) {
+    let r = get(addr, "/heap/history", "");
+    assert_eq!(
+        status(&r),
+        Some(200),
+        "good request failed after {after}: {r}"
+    );
+}
+
+fn assert_error(r: &str, code: u16, mentions: &[&str]) {
+    assert_eq!(status(r), Some(code), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{r}"
+    );
+    let msg = body(r)["error"].as_str().expect("error string").to_string();
+    for m in mentions {
+        assert!(msg.contains(m), "{msg:?} does not mention {m:?}");
+    }
+}
+
+fn server() -> ServerHandle {
+    ServerBuilder::new()
+        .addr("127.0.0.1:0")
+        .token(None)
+        .serve()
+        .expect("serve")
+}
+
+#[test]
+fn malformed_http_is_rejected_and_the_server_keeps_serving() {
+    let server = server();
+    let addr = server.local_addr();
+
+    let r = exchange(addr, b"GARBAGE\r\n\r\n");
+    assert!(r.is_empty() || status(&r) == Some(400), "{r}");
+    assert_good(addr, "malformed request line");
+
+    let r = exchange(addr, b"GET /heap\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.is_empty() || matches!(status(&r), Some(400 | 404)), "{r}");
+    assert_good(addr, "invalid UTF-8 in the path");
+
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let r = exchange(addr, long.as_bytes());
+    assert!(
+        r.is_empty() || matches!(status(&r), Some(400 | 414 | 431)),
+        "{r}"
+    );
+    assert_good(addr, "a 100 KiB path");
+
+    let mut huge = String::from("GET /heap HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..2000 {
+        huge.push_str(&format!("X-Filler-{i}: {}\r\n", "v".repeat(40)));
+    }
+    huge.push_str("\r\n");
+    let r = exchange(addr, huge.as_bytes());
+    assert!(r.is_empty() || matches!(status(&r), Some(400 | 431)), "{r}");
+    assert_good(addr, "huge headers");
+
+    let r = exchange(
+        addr,
+        b"GET /heap HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    assert_error(&r, 413, &["bod"]);
+    assert_good(addr, "a body on GET");
+
+    let r = exchange(
+        addr,
+        b"GET /heap HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_error(&r, 413, &["bod"]);
+    assert_good(addr, "a chunked body on GET");
+
+    // A client that never finishes its headers is cut off by the header
+    // timeout (the read below ends with a close, not with our timeout).
+    let slow = ServerBuilder::new()
+        .addr("127.0.0.1:0")
+        .token(None)
+        .header_timeout(Duration::from_millis(200))
+        .serve()
+        .expect("serve");
+    let r = exchange(slow.local_addr(), b"GET /heap HTTP/1.1\r\nHost: x\r\n");
+    assert!(r.is_empty() || matches!(status(&r), Some(408)), "{r}");
+    assert_good(slow.local_addr(), "an unfinished request");
+    slow.shutdown();
+
+    server.shutdown();
+}
+
+#[test]
+fn bad_requests_get_json_errors() {
+    let server = server();
+    let addr = server.local_addr();
+
+    let r = exchange(
+        addr,
+        b"DELETE /heap HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_error(&r, 405, &["DELETE"]);
+    assert!(r.to_ascii_lowercase().contains("\r\nallow: get\r\n"), "{r}");
+    assert_good(addr, "an unknown method");
+
+    let r = exchange(
+        addr,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_error(&r, 405, &["POST"]);
+
+    let r = get(addr, "/nope", "");
+    assert_error(&r, 404, &["/nope"]);
+    assert_good(addr, "an unknown path");
+
+    for (target, mentions) in [
+        ("/heap?top=abc", &["top", "abc"][..]),
+        ("/heap?top=-1", &["top", "-1"]),
+        ("/heap?top=0", &["top", "0"]),
+        ("/heap?sort=bogus", &["sort", "bogus"]),
+        ("/heap?color=blue", &["color"]),
+        ("/heap?top=1&top=2", &["top"]),
+        ("/heap/history?x=1", &["x"]),
+        ("/heap/diff?base=abc", &["base", "abc"]),
+        ("/heap/diff?base=1&to=later", &["to", "later"]),
+        ("/heap/leaks?top=many", &["top", "many"]),
+        ("/metrics?token=abc", &["token"]),
+        (
+            "/debug/pprof/heap?seconds=10",
+            &["seconds", "10", "/heap/diff"],
+        ),
+        ("/heap?top=%ZZ", &["top"]),
+    ] {
+        let r = get(addr, target, "");
+        assert_error(&r, 400, mentions);
+        assert_good(addr, target);
+    }
+    server.shutdown();
+}
+
+#[test]
+fn token_is_required_when_configured() {
+    let server = ServerBuilder::new()
+        .addr("127.0.0.1:0")
+        .token(Some("correct horse".to_string()))
+        .serve()
+        .expect("serve");
+    let addr = server.local_addr();
+    let ok = "Authorization: Bearer correct horse\r\n";
+
+    for (target, headers) in [
+        ("/heap", ""),
+        ("/heap", "Authorization: Bearer wrong\r\n"),
+        ("/heap", "Authorization: Bearer correct hors\r\n"),
+        ("/heap", "Authorization: Basic Y29ycmVjdA==\r\n"),
+        ("/metrics", ""),
+        ("/", ""),
+        ("/?token=wrong", ""),
+        // The query token is for the dashboard page only.
+        ("/heap?token=correct%20horse", ""),
+        ("/nope", ""),
+    ] {
+        let r = get(addr, target, headers);
+        assert_error(&r, 401, &["token"]);
+        assert!(
+            r.to_ascii_lowercase().contains("www-authenticate: bearer"),
+            "{r}"
+        );
+        let good = get(addr, "/heap/history", ok);
+        assert_eq!(status(&good), Some(200), "{good}");
+    }
+    for target in ["/heap?top=1", "/metrics", "/heap/leaks", "/"] {
+        let r = get(addr, target, ok);
+        assert_eq!(status(&r), Some(200), "{target}: {r}");
+    }
+    let r = get(addr, "/?token=correct%20horse", "");
+    assert_eq!(status(&r), Some(200), "{r}");
+    assert!(r.contains("<html"));
+    server.shutdown();
+}
+
+#[test]
+fn connection_limit_holds_and_recovers() {
+    let server = ServerBuilder::new()
+        .addr("127.0.0.1:0")
+        .token(None)
+        .max_connections(64)
+        .header_timeout(Duration::from_secs(60))
+        .serve()
+        .expect("serve");
+    let addr = server.local_addr();
+
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(addr).expect("connect idle"))
+        .collect();
+    // The last connections are over the limit: they get a 503 and a close.
+    let mut last = idle.last().unwrap().try_clone().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = String::new();
+    let _ = last.read_to_string(&mut buf);
+    assert_error(&buf, 503, &["connections"]);
+    // A new request is refused too while the slots are held.
+    let r = get(addr, "/heap/history", "");
+    assert_eq!(status(&r), Some(503), "{r}");
+
+    drop(last);
+    drop(idle);
+    // Slots come back as the server sees the closes: poll, bounded.
+    let mut recovered = false;
+    for _ in 0..500 {
+        if status(&get(addr, "/heap/history", "")) == Some(200) {
+            recovered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        recovered,
+        "the server did not recover after the idle clients left"
+    );
+    server.shutdown();
+}
