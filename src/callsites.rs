@@ -606,28 +606,37 @@ fn remove_at(slots: &[Slot], mut hole: usize, mask: usize) {
     }
 }
 
-/// A callsite as read from the table: raw frames and figures.
+/// A callsite as read from the table: its slot and figures. A slot's frames
+/// never change once published, so the slot identifies the stack.
 pub(crate) struct RawSite {
-    pub(crate) frames: Vec<usize>,
+    pub(crate) slot: u32,
     pub(crate) figures: SiteFigures,
 }
 
 /// Reads every published callsite. Allocates: call outside the hook.
 pub(crate) fn read_sites() -> Vec<RawSite> {
     let mut out = Vec::new();
-    for s in sites() {
+    for (i, s) in sites().iter().enumerate() {
         let h = s.hash.load(Acquire);
         if h == 0 || h & BUSY != 0 {
             continue;
         }
-        let len = s.len.load(Relaxed).min(MAX_FRAMES);
-        let frames = s.frames.iter().take(len).map(|f| f.load(Relaxed)).collect();
-        out.push(RawSite {
-            frames,
-            figures: s.counters.read(),
-        });
+        if let Ok(slot) = u32::try_from(i) {
+            out.push(RawSite {
+                slot,
+                figures: s.counters.read(),
+            });
+        }
     }
     out
+}
+
+/// The raw return addresses of a published callsite slot.
+pub(crate) fn site_frames(slot: u32) -> Vec<usize> {
+    sites().get(slot as usize).map_or_else(Vec::new, |s| {
+        let len = s.len.load(Relaxed).min(MAX_FRAMES);
+        s.frames.iter().take(len).map(|f| f.load(Relaxed)).collect()
+    })
 }
 
 /// What could not be attributed to a callsite, and why.

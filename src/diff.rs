@@ -74,7 +74,7 @@ pub struct CallsiteDelta {
     /// The callsite's id.
     pub id: String,
     /// Its frames.
-    pub frames: Vec<Frame>,
+    pub frames: std::sync::Arc<[Frame]>,
     /// Whether it is new, gone, or in both.
     pub change: Change,
     /// Live bytes in the later snapshot (0 if gone).

@@ -130,7 +130,7 @@ pub struct CallsiteGrowth {
     /// The callsite's id.
     pub id: String,
     /// Its frames, as in the latest snapshot that has it.
-    pub frames: Vec<Frame>,
+    pub frames: std::sync::Arc<[Frame]>,
     /// Live bytes in the last snapshot of the window.
     pub live_bytes: u64,
     /// Least-squares slope of its live bytes, MiB per minute.

@@ -44,7 +44,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +52,7 @@ use crate::callsites::{self, TableUsage, Unattributed};
 use crate::counters::{stats, Stats};
 use crate::error::Error;
 use crate::sampling::{sampling, Sampling};
-use crate::symbolize::{symbolize, Frame};
+use crate::symbolize::Frame;
 
 /// The snapshot format version this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -103,8 +103,9 @@ pub struct Snapshot {
 pub struct Callsite {
     /// Hash of the symbolized frames (16 hex digits).
     pub id: String,
-    /// The stack, innermost (the user's allocating function) first.
-    pub frames: Vec<Frame>,
+    /// The stack, innermost (the user's allocating function) first. Shared
+    /// (cheap to clone) between the snapshots that show this callsite.
+    pub frames: Arc<[Frame]>,
     /// Allocations made here (cumulative).
     pub allocations: u64,
     /// Bytes allocated here (cumulative).
@@ -221,16 +222,15 @@ pub fn snapshot() -> Snapshot {
     let totals = stats();
     let raw = callsites::read_sites();
     let mut merged: Vec<Callsite> = Vec::with_capacity(raw.len());
-    let mut index: std::collections::HashMap<String, usize> =
+    let mut index: std::collections::HashMap<Arc<str>, usize> =
         std::collections::HashMap::with_capacity(raw.len());
     for site in raw {
         if site.figures.allocations == 0 && site.figures.frees == 0 {
             continue;
         }
-        let frames = symbolize(&site.frames);
-        let id = frames_id(&frames);
+        let sym = crate::symbolize::site_symbols(site.slot, frames_id);
         let f = site.figures;
-        match index.get(&id) {
+        match index.get(&*sym.id) {
             Some(&i) => {
                 if let Some(c) = merged.get_mut(i) {
                     c.allocations += f.allocations;
@@ -242,10 +242,10 @@ pub fn snapshot() -> Snapshot {
                 }
             }
             None => {
-                index.insert(id.clone(), merged.len());
+                index.insert(Arc::clone(&sym.id), merged.len());
                 merged.push(Callsite {
-                    id,
-                    frames,
+                    id: sym.id.to_string(),
+                    frames: sym.frames,
                     allocations: f.allocations,
                     allocated_bytes: f.allocated_bytes,
                     frees: f.frees,

@@ -48,6 +48,42 @@ pub(crate) fn symbolize(ips: &[usize]) -> Vec<Frame> {
     trim(all)
 }
 
+/// A callsite's symbolized, trimmed frames and its id, shared by every
+/// snapshot that shows it.
+#[derive(Clone)]
+pub(crate) struct SiteSymbols {
+    pub(crate) frames: Arc<[Frame]>,
+    pub(crate) id: Arc<str>,
+}
+
+type SiteCache = Mutex<HashMap<u32, SiteSymbols>>;
+
+fn site_cache() -> &'static SiteCache {
+    static CACHE: OnceLock<SiteCache> = OnceLock::new();
+    CACHE.get_or_init(|| untracked(|| Mutex::new(HashMap::new())))
+}
+
+/// The symbols of the callsite in table slot `slot`, computed once: a
+/// slot's frames never change after it is published. Bounded by the
+/// callsite table's capacity.
+pub(crate) fn site_symbols(slot: u32, id_of: impl Fn(&[Frame]) -> String) -> SiteSymbols {
+    if let Some(hit) = site_cache().lock().ok().and_then(|c| c.get(&slot).cloned()) {
+        return hit;
+    }
+    let frames = symbolize(&crate::callsites::site_frames(slot));
+    untracked(|| {
+        let id: Arc<str> = id_of(&frames).into();
+        let entry = SiteSymbols {
+            frames: frames.into(),
+            id,
+        };
+        if let Ok(mut c) = site_cache().lock() {
+            c.insert(slot, entry.clone());
+        }
+        entry
+    })
+}
+
 /// The symbol cache's size now (addresses).
 pub(crate) fn cache_len() -> usize {
     cache().lock().map_or(0, |c| c.len())

@@ -28,7 +28,7 @@ pub(crate) struct Config {
 #[derive(Default)]
 pub(crate) struct History {
     ring: VecDeque<Arc<Snapshot>>,
-    frames: HashMap<String, Vec<Frame>>,
+    frames: HashMap<String, std::sync::Arc<[Frame]>>,
     pushes_since_prune: usize,
 }
 
@@ -73,7 +73,7 @@ impl History {
     }
 
     /// The frames of a callsite seen in the history.
-    pub(crate) fn frames(&self, id: &str) -> Option<&Vec<Frame>> {
+    pub(crate) fn frames(&self, id: &str) -> Option<&std::sync::Arc<[Frame]>> {
         self.frames.get(id)
     }
 
@@ -225,7 +225,8 @@ mod tests {
                     function: format!("f{i}"),
                     file: None,
                     line: None,
-                }],
+                }]
+                .into(),
                 allocations: 1,
                 allocated_bytes: i * 100,
                 frees: 0,
