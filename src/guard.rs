@@ -6,9 +6,12 @@
 //! goes straight to the inner allocator and is counted as heapwatch's own
 //! overhead, not as the program's. It is set:
 //!
-//! - around every call into the inner allocator from the hook, so an inner
-//!   allocator that allocates through the global allocator itself
-//!   (`dhat::Alloc` does) cannot recurse into the slow path;
+//! - around every inner `alloc`, `alloc_zeroed` and `realloc` call from the
+//!   hook, so an inner allocator that allocates through the global
+//!   allocator itself (`dhat::Alloc` does) cannot recurse into the slow
+//!   path and its bookkeeping is counted as overhead (the inner `dealloc` is
+//!   called without it, as a tail call: no inner allocator we know
+//!   allocates while freeing);
 //! - around heapwatch's own work that may allocate (symbolizing, building
 //!   snapshots for the server, the server thread itself).
 //!

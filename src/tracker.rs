@@ -294,7 +294,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
             shard.add(&shard.freed_bytes, size as u64);
         }
         budget::release(shard, size);
-        let _g = Guard::enter();
+        // No guard around the inner `dealloc` (unlike `alloc`): freeing does
+        // not allocate in jemalloc, System or dhat, and without a guard to
+        // restore afterwards this is a tail call. An inner allocator that
+        // did allocate while freeing would have that block counted as the
+        // program's, not as overhead.
         // SAFETY: the caller guarantees `ptr` was allocated by this
         // allocator (hence by `A`) with `layout`.
         unsafe { self.inner.dealloc(ptr, layout) }
