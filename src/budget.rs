@@ -474,41 +474,40 @@ pub fn watch_budget(
     use std::sync::{Arc, Condvar, Mutex};
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let stop2 = Arc::clone(&stop);
+    // The starting reading is taken now, not in the thread: a level change
+    // right after this call returns must be reported.
+    let mut last = status();
     let thread = std::thread::Builder::new()
         .name("heapwatch-budget".into())
-        .spawn(move || {
-            let mut last = status();
-            loop {
-                {
-                    let (lock, cvar) = &*stop2;
-                    let Ok(stopped) = lock.lock() else { return };
-                    let Ok((stopped, _)) = cvar.wait_timeout_while(stopped, interval, |s| !*s)
-                    else {
-                        return;
-                    };
-                    if *stopped {
-                        return;
-                    }
-                }
-                let now = status();
-                let reached = if now.exceeded_crossings > last.exceeded_crossings {
-                    BudgetLevel::Exceeded
-                } else if now.critical_crossings > last.critical_crossings {
-                    BudgetLevel::Critical.max(now.level)
-                } else if now.warning_crossings > last.warning_crossings {
-                    BudgetLevel::Warning.max(now.level)
-                } else {
-                    now.level
+        .spawn(move || loop {
+            {
+                let (lock, cvar) = &*stop2;
+                let Ok(stopped) = lock.lock() else { return };
+                let Ok((stopped, _)) = cvar.wait_timeout_while(stopped, interval, |s| !*s) else {
+                    return;
                 };
-                if reached != last.level || now.level != last.level {
-                    callback(BudgetEvent {
-                        previous: last.level,
-                        reached,
-                        status: now,
-                    });
+                if *stopped {
+                    return;
                 }
-                last = now;
             }
+            let now = status();
+            let reached = if now.exceeded_crossings > last.exceeded_crossings {
+                BudgetLevel::Exceeded
+            } else if now.critical_crossings > last.critical_crossings {
+                BudgetLevel::Critical.max(now.level)
+            } else if now.warning_crossings > last.warning_crossings {
+                BudgetLevel::Warning.max(now.level)
+            } else {
+                now.level
+            };
+            if reached != last.level || now.level != last.level {
+                callback(BudgetEvent {
+                    previous: last.level,
+                    reached,
+                    status: now,
+                });
+            }
+            last = now;
         })
         .ok();
     BudgetWatch { stop, thread }
