@@ -214,11 +214,19 @@ fn is_plumbing(function: &str) -> bool {
     false
 }
 
+/// Whether a symbolized frame is plumbing: by name, or by being the
+/// standard library's own source (`library/…` once shortened), which also
+/// catches inherent methods of primitive types (`<[u8]>::to_vec_in`,
+/// `<str>::repeat`).
+fn is_plumbing_frame(f: &Frame) -> bool {
+    is_plumbing(&f.function) || f.file.as_deref().is_some_and(|p| p.starts_with("library/"))
+}
+
 /// Drops the leading plumbing frames. If nothing is left (an allocation
 /// made by the standard library on its own), keeps the frames as they were
 /// minus heapwatch's own.
 fn trim(frames: Vec<Frame>) -> Vec<Frame> {
-    match frames.iter().position(|f| !is_plumbing(&f.function)) {
+    match frames.iter().position(|f| !is_plumbing_frame(f)) {
         Some(first) => frames.into_iter().skip(first).collect(),
         None => frames
             .into_iter()
@@ -255,6 +263,27 @@ mod tests {
         ] {
             assert!(!is_plumbing(u), "{u}");
         }
+    }
+
+    #[test]
+    fn standard_library_sources_are_plumbing() {
+        let f = |function: &str, file: Option<&str>| Frame {
+            function: function.to_string(),
+            file: file.map(str::to_string),
+            line: None,
+        };
+        let frames = vec![
+            f(
+                "<[u8]>::to_vec_in::<alloc::alloc::Global>",
+                Some("library/alloc/src/slice.rs"),
+            ),
+            f("<str>::repeat", Some("library/alloc/src/str.rs")),
+            f("app::remember", Some("src/app.rs")),
+            f("std::rt::lang_start", Some("library/std/src/rt.rs")),
+        ];
+        let trimmed = trim(frames);
+        assert_eq!(trimmed[0].function, "app::remember");
+        assert_eq!(trimmed.len(), 2, "only leading plumbing is trimmed");
     }
 
     #[test]
