@@ -273,6 +273,13 @@ static CRITICAL_CROSSINGS: AtomicU64 = AtomicU64::new(0);
 static EXCEEDED_CROSSINGS: AtomicU64 = AtomicU64::new(0);
 static ENV_INVALID: AtomicBool = AtomicBool::new(false);
 
+// Settings made through the public setters win over the tracker's builder,
+// even when made before the tracker's first allocation applies it.
+const SET_BUDGET: u8 = 1;
+const SET_POLICY: u8 = 2;
+const SET_THRESHOLDS: u8 = 4;
+static EXPLICIT: AtomicU8 = AtomicU8::new(0);
+
 /// A reading of the budget's state, from [`budget_status`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -350,17 +357,28 @@ pub(crate) fn status() -> BudgetStatus {
 /// heapwatch::set_budget(heapwatch::Budget::UNLIMITED);
 /// ```
 pub fn set_budget(budget: Budget) {
+    EXPLICIT.fetch_or(SET_BUDGET, Relaxed);
+    store_budget(budget);
+}
+
+fn store_budget(budget: Budget) {
     LIMIT.store(budget.0, Relaxed);
     update_level(RESERVED.load(Relaxed));
 }
 
 /// Sets the policy for allocations over budget.
 pub fn set_budget_policy(policy: Policy) {
+    EXPLICIT.fetch_or(SET_POLICY, Relaxed);
     REFUSE.store(policy == Policy::Refuse, Relaxed);
 }
 
 /// Sets the warning thresholds.
 pub fn set_budget_thresholds(thresholds: Thresholds) {
+    EXPLICIT.fetch_or(SET_THRESHOLDS, Relaxed);
+    store_thresholds(thresholds);
+}
+
+fn store_thresholds(thresholds: Thresholds) {
     WARN_PCT.store(thresholds.warning_percent, Relaxed);
     CRIT_PCT.store(thresholds.critical_percent, Relaxed);
     update_level(RESERVED.load(Relaxed));
@@ -369,8 +387,13 @@ pub fn set_budget_thresholds(thresholds: Thresholds) {
 /// Applies a tracker's const configuration, then `HEAPWATCH_MAX_MEMORY_MB`.
 /// Called once, from the first allocation; must not allocate.
 pub(crate) fn configure(budget: Budget, policy: Policy, thresholds: Thresholds) {
-    set_budget_policy(policy);
-    set_budget_thresholds(thresholds);
+    let explicit = EXPLICIT.load(Relaxed);
+    if explicit & SET_POLICY == 0 {
+        REFUSE.store(policy == Policy::Refuse, Relaxed);
+    }
+    if explicit & SET_THRESHOLDS == 0 {
+        store_thresholds(thresholds);
+    }
     let budget = match read_env_mb(b"HEAPWATCH_MAX_MEMORY_MB\0") {
         EnvMb::Unset => budget,
         EnvMb::Value(b) => b,
@@ -379,7 +402,9 @@ pub(crate) fn configure(budget: Budget, policy: Policy, thresholds: Thresholds) 
             budget
         }
     };
-    set_budget(budget);
+    if explicit & SET_BUDGET == 0 {
+        store_budget(budget);
+    }
 }
 
 enum EnvMb {

@@ -60,11 +60,22 @@ pub(crate) fn configure(depth: usize, unwinder: Unwinder) {
         .saturating_add(PLUMBING_FRAMES)
         .clamp(PLUMBING_FRAMES + 1, MAX_FRAMES);
     RAW_DEPTH.store(raw, Relaxed);
-    set_unwinder(unwinder);
+    if !EXPLICIT_UNWINDER.load(Relaxed) {
+        store_unwinder(unwinder);
+    }
 }
+
+/// Set by [`set_unwinder`]: a choice made at run time wins over the
+/// tracker's builder, even when made before its first allocation.
+static EXPLICIT_UNWINDER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Chooses the unwinder at run time.
 pub fn set_unwinder(unwinder: Unwinder) {
+    EXPLICIT_UNWINDER.store(true, Relaxed);
+    store_unwinder(unwinder);
+}
+
+fn store_unwinder(unwinder: Unwinder) {
     REQUESTED.store(
         match unwinder {
             Unwinder::Auto => 0,

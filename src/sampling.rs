@@ -83,6 +83,22 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 /// heapwatch::set_sampling(Sampling::DEFAULT);
 /// ```
 pub fn set_sampling(sampling: Sampling) {
+    EXPLICIT.store(true, Relaxed);
+    store_sampling(sampling);
+}
+
+/// Settings made with [`set_sampling`] win over the tracker's builder, even
+/// when made before its first allocation applies it.
+static EXPLICIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Applies the tracker builder's mode unless one was set at run time.
+pub(crate) fn configure(sampling: Sampling) {
+    if !EXPLICIT.load(Relaxed) {
+        store_sampling(sampling);
+    }
+}
+
+fn store_sampling(sampling: Sampling) {
     match sampling {
         Sampling::Off => MODE.store(MODE_OFF, Relaxed),
         Sampling::All => MODE.store(MODE_ALL, Relaxed),

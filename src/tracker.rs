@@ -173,7 +173,7 @@ impl<A> Tracker<A> {
         crate::clock::start();
         crate::snapshot::note_inner_type(std::any::type_name::<A>());
         budget::configure(c.budget, c.policy, c.thresholds);
-        sampling::set_sampling(c.sampling);
+        sampling::configure(c.sampling);
         crate::capture::configure(c.depth, c.unwinder);
         callsites::configure(c.max_callsites, c.max_live_samples);
         STATE.store(READY, Release);
