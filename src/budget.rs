@@ -367,12 +367,31 @@ fn store_budget(budget: Budget) {
 }
 
 /// Sets the policy for allocations over budget.
+///
+/// # Example
+///
+/// ```
+/// use heapwatch::Policy;
+///
+/// heapwatch::set_budget_policy(Policy::Warn); // allow, but count overages
+/// assert_eq!(heapwatch::budget_status().policy, Policy::Warn);
+/// heapwatch::set_budget_policy(Policy::Refuse);
+/// ```
 pub fn set_budget_policy(policy: Policy) {
     EXPLICIT.fetch_or(SET_POLICY, Relaxed);
     REFUSE.store(policy == Policy::Refuse, Relaxed);
 }
 
 /// Sets the warning thresholds.
+///
+/// # Example
+///
+/// ```
+/// use heapwatch::Thresholds;
+///
+/// heapwatch::set_budget_thresholds(Thresholds::new(70, 90));
+/// assert_eq!(heapwatch::budget_status().thresholds.warning_percent, 70);
+/// ```
 pub fn set_budget_thresholds(thresholds: Thresholds) {
     EXPLICIT.fetch_or(SET_THRESHOLDS, Relaxed);
     store_thresholds(thresholds);

@@ -70,6 +70,16 @@ pub(crate) fn configure(depth: usize, unwinder: Unwinder) {
 static EXPLICIT_UNWINDER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Chooses the unwinder at run time.
+///
+/// # Example
+///
+/// ```
+/// use heapwatch::Unwinder;
+///
+/// heapwatch::set_unwinder(Unwinder::Backtrace);
+/// assert_eq!(heapwatch::active_unwinder(), "backtrace");
+/// heapwatch::set_unwinder(Unwinder::Auto);
+/// ```
 pub fn set_unwinder(unwinder: Unwinder) {
     EXPLICIT_UNWINDER.store(true, Relaxed);
     store_unwinder(unwinder);
@@ -88,6 +98,13 @@ fn store_unwinder(unwinder: Unwinder) {
 
 /// The unwinder in use: `"frame_pointers"` or `"backtrace"` (resolving
 /// [`Unwinder::Auto`] if no stack was captured yet).
+///
+/// # Example
+///
+/// ```
+/// let u = heapwatch::active_unwinder();
+/// assert!(u == "frame_pointers" || u == "backtrace");
+/// ```
 pub fn active_unwinder() -> &'static str {
     if use_frame_pointers() {
         "frame_pointers"

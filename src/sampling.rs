@@ -122,6 +122,13 @@ pub fn sampling() -> Sampling {
 /// Seeds the samplers, for reproducible sampled runs: after this call, a
 /// thread that allocates the same sequence of sizes samples the same
 /// allocations.
+///
+/// # Example
+///
+/// ```
+/// heapwatch::set_sampling_seed(42); // e.g. at the start of an accuracy test
+/// heapwatch::set_sampling(heapwatch::Sampling::Bytes(64 * 1024));
+/// ```
 pub fn set_sampling_seed(seed: u64) {
     SEED.store(seed, Relaxed);
     GENERATION.fetch_add(1, Relaxed);

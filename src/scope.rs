@@ -257,6 +257,22 @@ impl GrowthCheck {
 /// # Panics
 ///
 /// When [`GrowthCheck::run`] reports a [`Leak`].
+///
+/// # Example
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapwatch::Tracker<std::alloc::System> =
+///     heapwatch::Tracker::new(std::alloc::System);
+///
+/// fn main() {
+///     // A function that frees what it allocates passes.
+///     heapwatch::assert_no_growth(|| {
+///         let words: Vec<String> = "a b c".split(' ').map(String::from).collect();
+///         assert_eq!(words.len(), 3);
+///     });
+/// }
+/// ```
 pub fn assert_no_growth(f: impl FnMut()) {
     if let Err(leak) = GrowthCheck::new().run(f) {
         panic!("heapwatch: {leak}");

@@ -284,7 +284,17 @@ pub fn snapshot() -> Snapshot {
 }
 
 impl Snapshot {
-    /// Orders the callsites by `key`, largest first (ties by id).
+    /// Orders the callsites by `key`, largest first (ties by id); with
+    /// [`Snapshot::truncate_callsites`], what `/heap?sort=..&top=..` does.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let mut snap = heapwatch::snapshot();
+    /// snap.sort_callsites(heapwatch::SortKey::Allocations);
+    /// snap.truncate_callsites(10);
+    /// assert!(snap.callsites.len() <= 10);
+    /// ```
     pub fn sort_callsites(&mut self, key: SortKey) {
         let k = |c: &Callsite| match key {
             SortKey::LiveBytes => c.live_bytes,
@@ -301,6 +311,15 @@ impl Snapshot {
     }
 
     /// Parses a snapshot from JSON, checking its format version first.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let err = heapwatch::Snapshot::from_json(r#"{"version": 99}"#).unwrap_err();
+    /// assert!(err.to_string().contains("unsupported snapshot version 99"));
+    /// let err = heapwatch::Snapshot::from_json("{ truncated").unwrap_err();
+    /// assert!(err.to_string().starts_with("not a heapwatch snapshot"));
+    /// ```
     ///
     /// # Errors
     ///
@@ -334,7 +353,19 @@ impl Snapshot {
         Snapshot::from_json(&text)
     }
 
-    /// Writes the snapshot as pretty JSON.
+    /// Writes the snapshot as pretty JSON ([`Snapshot::load`] reads it back,
+    /// in this process or another).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let path = std::env::temp_dir().join("heapwatch-doc-snapshot.json");
+    /// let snap = heapwatch::snapshot();
+    /// snap.save(&path).unwrap();
+    /// let back = heapwatch::Snapshot::load(&path).unwrap();
+    /// assert_eq!(back.id, snap.id);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
     ///
     /// # Errors
     ///

@@ -67,6 +67,18 @@ static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 
 /// Whether a [`Tracker`] is serving as the global allocator (it has seen an
 /// allocation). Until then [`stats()`](crate::stats) reads zeros.
+///
+/// # Example
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapwatch::Tracker<std::alloc::System> =
+///     heapwatch::Tracker::new(std::alloc::System);
+///
+/// fn main() {
+///     assert!(heapwatch::installed());
+/// }
+/// ```
 pub fn installed() -> bool {
     STATE.load(Relaxed) == READY
 }
