@@ -147,6 +147,15 @@ impl FromStr for Budget {
         if num.is_empty() {
             return Err(err("no number"));
         }
+        // Whole numbers are parsed exactly (a u64 and a checked shift), so
+        // every byte count round-trips through Display; only a fraction
+        // goes through f64.
+        if let Ok(whole) = num.parse::<u64>() {
+            return match whole.checked_mul(1u64 << shift) {
+                Some(bytes) if bytes != UNLIMITED => Ok(Budget(bytes)),
+                _ => Err(err("too large")),
+            };
+        }
         let value: f64 = num.parse().map_err(|_| err("not a number"))?;
         let bytes = value * (1u64 << shift) as f64;
         if !bytes.is_finite() || bytes >= UNLIMITED as f64 {
@@ -760,6 +769,8 @@ mod tests {
     #[test]
     fn display_round_trips() {
         for b in [
+            Budget::from_bytes(1_152_921_504_606_846_977),
+            Budget::from_bytes(u64::MAX - 1),
             Budget::from_mb(512),
             Budget::from_gb(3),
             Budget::from_bytes(1000),

@@ -70,8 +70,11 @@ pub(crate) fn site_symbols(slot: u32, id_of: impl Fn(&[Frame]) -> String) -> Sit
     if let Some(hit) = site_cache().lock().ok().and_then(|c| c.get(&slot).cloned()) {
         return hit;
     }
-    let frames = symbolize(&crate::callsites::site_frames(slot));
+    // Everything computed here is kept in the cache for the rest of the
+    // process: it is heapwatch's, so all of it is allocated (and its
+    // temporaries freed) under the guard.
     untracked(|| {
+        let frames = symbolize(&crate::callsites::site_frames(slot));
         let id: Arc<str> = id_of(&frames).into();
         let entry = SiteSymbols {
             frames: frames.into(),
