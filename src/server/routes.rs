@@ -506,3 +506,52 @@ mod tests {
         assert_eq!(q("").ok().flatten(), None);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Query parsing never panics, on any text, and round-trips any
+    //! percent-encoded map.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(s: &str) -> String {
+        s.bytes().map(|b| format!("%{b:02X}")).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn parse_query_never_panics(q in any::<String>()) {
+            if let Ok(map) = parse_query(&q) {
+                prop_assert!(map.len() <= q.split('&').count());
+                let _ = parse_top(&map);
+            }
+        }
+
+        #[test]
+        fn parse_query_never_panics_on_query_like_text(q in "[a-z=&%+0-9A-F]{0,64}") {
+            let _ = parse_query(&q).map(|m| parse_top(&m));
+        }
+
+        #[test]
+        fn encoded_maps_round_trip(map in prop::collection::hash_map(".{1,8}", ".{0,8}", 0..6)) {
+            let q: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .collect();
+            let parsed = parse_query(&q.join("&"));
+            prop_assert_eq!(parsed.ok(), Some(map));
+        }
+
+        #[test]
+        fn top_is_accepted_exactly_when_a_positive_integer(v in "[-+0-9a-z ]{0,24}") {
+            let map = HashMap::from([("top".to_string(), v.clone())]);
+            let want = v.parse::<usize>().ok().filter(|&n| n > 0);
+            match parse_top(&map) {
+                Ok(got) => prop_assert_eq!(got, want),
+                Err(_) => prop_assert!(want.is_none()),
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Fork safety: a process that forks while other threads allocate in exact
+//! mode (every allocation sampled, so stripe locks of the live-block table
+//! are taken all the time) gets children that can allocate, free (including
+//! the parent's sampled blocks), take a snapshot and exit. Without the
+//! `pthread_atfork` handler in `src/callsites.rs`, a child forked while
+//! another thread held a stripe lock hangs at its first free in that stripe;
+//! here such a child is killed at the deadline and the test fails.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use heapwatch::{Sampling, Tracker};
+
+#[global_allocator]
+static GLOBAL: Tracker<std::alloc::System> =
+    Tracker::new(std::alloc::System).with_sampling(Sampling::All);
+
+const FORKS: usize = 100;
+/// Every this many rounds the child also builds and checks a snapshot.
+const SNAPSHOT_EVERY: usize = 10;
+const ALLOCATING_THREADS: usize = 3;
+/// How long a child may take (it allocates a few thousand blocks in exact
+/// mode and symbolizes a snapshot: well under a second even in debug).
+const CHILD_DEADLINE: Duration = Duration::from_secs(30);
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static CHURNED: AtomicU64 = AtomicU64::new(0);
+
+/// What the other threads do while the main thread forks: allocate and free
+/// blocks of varied sizes, so their stripe locks are taken constantly.
+fn churn(seed: u64) {
+    let mut x = seed | 1;
+    let mut kept: Vec<Vec<u8>> = Vec::with_capacity(64);
+    while !STOP.load(Relaxed) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let size = 1 + (x % 2000) as usize;
+        let i = (x >> 32) as usize % 64;
+        if kept.len() < 64 {
+            kept.push(black_box(vec![0u8; size]));
+        } else if let Some(slot) = kept.get_mut(i) {
+            *slot = black_box(vec![1u8; size]);
+        }
+        CHURNED.fetch_add(1, Relaxed);
+    }
+}
+
+/// The child's allocation, from its own function so its callsite is known.
+/// (Each box is one counted allocation.)
+#[allow(clippy::vec_box)]
+#[inline(never)]
+fn child_blocks(n: usize) -> Vec<Box<[u8; 40]>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(black_box(Box::new([7u8; 40])));
+    }
+    v
+}
+
+/// Runs in the child: returns an error message instead of panicking.
+#[allow(clippy::vec_box)]
+fn child_body(inherited: Vec<Box<[u8; 24]>>, with_snapshot: bool) -> Result<(), String> {
+    // Free blocks the parent allocated (and sampled) before the fork: this
+    // goes through the live-block table's stripes.
+    drop(black_box(inherited));
+
+    let s0 = heapwatch::stats();
+    let blocks = child_blocks(1000);
+    let s1 = heapwatch::stats();
+    // The Vec and 1000 boxes.
+    let want_allocs = 1001;
+    let want_bytes = 1000 * 8 + 1000 * 40;
+    if s1.allocations - s0.allocations != want_allocs
+        || s1.allocated_bytes - s0.allocated_bytes != want_bytes
+        || s1.live_bytes != s0.live_bytes + want_bytes
+    {
+        return Err(format!("after allocating: {s0:?} -> {s1:?}"));
+    }
+    drop(blocks);
+    let s2 = heapwatch::stats();
+    if s2.frees - s1.frees != want_allocs || s2.live_bytes != s0.live_bytes {
+        return Err(format!("after freeing: {s1:?} -> {s2:?}"));
+    }
+    if !with_snapshot {
+        return Ok(());
+    }
+
+    let snap = heapwatch::snapshot();
+    if snap.totals.allocations < s2.allocations {
+        return Err(format!("snapshot totals went back: {:?}", snap.totals));
+    }
+    let boxes: Vec<_> = snap
+        .callsites
+        .iter()
+        .filter(|c| {
+            c.frames
+                .first()
+                .is_some_and(|f| f.function.ends_with("child_blocks"))
+                && c.allocated_bytes == 1000 * 40
+        })
+        .collect();
+    match boxes.as_slice() {
+        [c] if (c.allocations, c.frees, c.live_bytes) == (1000, 1000, 0) => Ok(()),
+        _ => Err(format!("child_blocks callsite: {boxes:#?}")),
+    }
+}
+
+/// Waits for `pid` with a bounded polling loop; kills it at the deadline.
+fn wait_child(pid: libc::pid_t) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: `pid` is our own child, not yet reaped; `status` is a
+        // valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                Ok(())
+            } else {
+                Err(format!("child {pid} ended with status {status:#x}"))
+            };
+        }
+        if r < 0 {
+            return Err(format!(
+                "waitpid({pid}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if start.elapsed() > CHILD_DEADLINE {
+            // SAFETY: `pid` is our own child, not yet reaped; after SIGKILL a
+            // blocking waitpid returns promptly and reaps it.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Err(format!(
+                "child {pid} hung for {CHILD_DEADLINE:?} (killed): a lock held at fork?"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn children_forked_during_exact_mode_churn_work() {
+    // Warm up in the parent: map the tables and load debug info once, so
+    // children inherit both.
+    drop(heapwatch::snapshot());
+
+    let threads: Vec<_> = (0..ALLOCATING_THREADS)
+        .map(|i| std::thread::spawn(move || churn(0x9E37_79B9 * (i as u64 + 1))))
+        .collect();
+
+    let mut failures = Vec::new();
+    for round in 0..FORKS {
+        // Make sure the churn threads are running before forking.
+        let seen = CHURNED.load(Relaxed);
+        let wait_start = Instant::now();
+        while CHURNED.load(Relaxed) < seen + 100 && wait_start.elapsed() < CHILD_DEADLINE {
+            std::hint::spin_loop();
+        }
+        let inherited: Vec<Box<[u8; 24]>> = (0..200).map(|_| Box::new([3u8; 24])).collect();
+        // SAFETY: the child only runs `child_body` (allocating through the
+        // tracker and glibc malloc, both fork-safe with the atfork
+        // handlers) and leaves with `_exit`, running no destructor or
+        // atexit handler of the parent's.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let with_snapshot = round % SNAPSHOT_EVERY == 0;
+            let ok = std::panic::catch_unwind(move || child_body(inherited, with_snapshot));
+            let code = match ok {
+                Ok(Ok(())) => 0,
+                Ok(Err(msg)) => {
+                    eprintln!("fork child: {msg}");
+                    1
+                }
+                Err(_) => 2,
+            };
+            // SAFETY: ends the child immediately, as a forked child of a
+            // multithreaded process must.
+            unsafe { libc::_exit(code) };
+        }
+        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        drop(inherited);
+        if let Err(e) = wait_child(pid) {
+            failures.push(format!("round {round}: {e}"));
+        }
+    }
+
+    STOP.store(true, Relaxed);
+    // The parent's threads must not be stuck either (the `parent` handler
+    // released the locks): join them with a deadline.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for t in threads {
+            t.join().unwrap();
+        }
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+        "the parent's allocating threads did not stop"
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // The parent still counts exactly after all those forks.
+    let s0 = heapwatch::stats();
+    let v = black_box(vec![0u8; 4321]);
+    let s1 = heapwatch::stats();
+    assert_eq!(s1.allocations - s0.allocations, 1);
+    assert_eq!(s1.live_bytes - s0.live_bytes, 4321);
+    drop(v);
+}
