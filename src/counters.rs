@@ -155,7 +155,9 @@ pub(crate) fn current() -> &'static Shard {
 fn lease_slow() -> &'static Shard {
     let start = NEXT_LEASE.fetch_add(1, Relaxed) as usize;
     for i in 0..SHARDS {
-        let shard = &SHARD_ARRAY[(start + i) % SHARDS];
+        let Some(shard) = SHARD_ARRAY.get(start.wrapping_add(i) % SHARDS) else {
+            continue;
+        };
         if shard.leased.load(Relaxed) {
             continue;
         }
