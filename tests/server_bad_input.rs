@@ -229,6 +229,9 @@ fn token_is_required_when_configured() {
 
 #[test]
 fn connection_limit_holds_and_recovers() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
     let server = ServerBuilder::new()
         .addr("127.0.0.1:0")
         .token(None)
@@ -238,9 +241,41 @@ fn connection_limit_holds_and_recovers() {
         .expect("serve");
     let addr = server.local_addr();
 
-    let idle: Vec<TcpStream> = (0..200)
+    // 1,000 client sockets plus the server's side need more than the usual
+    // soft limit of 1,024 descriptors: raise it to the hard limit.
+    // SAFETY: getrlimit/setrlimit write and read a valid local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < 4096 {
+            lim.rlim_cur = lim.rlim_max.min(4096);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+
+    // The application keeps allocating while the clients pile up.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let app = {
+        let (stop, rounds) = (Arc::clone(&stop), Arc::clone(&rounds));
+        std::thread::spawn(move || {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                held.push(vec![1u8; 4096]);
+                if held.len() > 256 {
+                    held.clear();
+                }
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let idle: Vec<TcpStream> = (0..1000)
         .map(|_| TcpStream::connect(addr).expect("connect idle"))
         .collect();
+    let rounds_during_flood = rounds.load(Ordering::Relaxed);
     // The last connections are over the limit: they get a 503 and a close.
     let mut last = idle.last().unwrap().try_clone().unwrap();
     last.set_read_timeout(Some(Duration::from_secs(30)))
@@ -267,5 +302,12 @@ fn connection_limit_holds_and_recovers() {
         recovered,
         "the server did not recover after the idle clients left"
     );
+    // The application was never stalled by the flood.
+    assert!(
+        rounds.load(Ordering::Relaxed) > rounds_during_flood && rounds_during_flood > 0,
+        "the application stopped allocating during the flood"
+    );
+    stop.store(true, Ordering::Relaxed);
+    app.join().unwrap();
     server.shutdown();
 }
