@@ -118,7 +118,9 @@ fn routes_history_diff_and_shutdown() {
         .addr("127.0.0.1:0")
         .token(None)
         .history_interval(Duration::from_millis(50))
-        .history_len(64)
+        // 1,000 x 50 ms: ids stay retained for 50 s, long enough even under
+        // valgrind (scripts/valgrind.sh), where everything runs ~50x slower.
+        .history_len(1000)
         .serve()
         .expect("serve");
     let addr = server.local_addr();
@@ -176,7 +178,7 @@ fn routes_history_diff_and_shutdown() {
     let snaps = hist["snapshots"].as_array().unwrap();
     assert!(snaps.len() >= 2, "history did not grow: {hist}");
     assert_eq!(hist["interval_ms"], 50);
-    assert_eq!(hist["capacity"], 64);
+    assert_eq!(hist["capacity"], 1000);
     for s in snaps {
         for key in ["id", "taken_at_ms", "uptime_ms", "totals"] {
             assert!(s.get(key).is_some(), "history entry lacks {key}");
