@@ -1,0 +1,19 @@
+//! Whole-process comparison worker: `heapwatch::Tracker<Jemalloc>`,
+//! exact (`Sampling::All`) with the backtrace unwinder.
+
+#[global_allocator]
+static GLOBAL: heapwatch::Tracker<tikv_jemallocator::Jemalloc> =
+    heapwatch::Tracker::new(tikv_jemallocator::Jemalloc)
+        .with_sampling(heapwatch::Sampling::All)
+        .with_unwinder(heapwatch::Unwinder::Backtrace);
+
+include!("workloads.rs");
+
+fn main() {
+    run_from_args(|| {
+        let s = heapwatch::stats();
+        println!("overhead_bytes={}", s.overhead_bytes);
+        println!("allocations={}", s.allocations);
+        println!("allocated_bytes={}", s.allocated_bytes);
+    });
+}
