@@ -35,7 +35,8 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use heapwatch::{Sampling, Tracker, Unwinder};
 use tikv_jemallocator::Jemalloc;
 
@@ -249,6 +250,16 @@ fn capture(c: &mut Criterion) {
         b.iter(|| alloc_free(&TRACKED, l));
     });
     g.sample_size(10);
+    exact_per_unwinder(&mut g, l, "all");
+    g.finish();
+    heapwatch::set_unwinder(Unwinder::Auto);
+    heapwatch::set_sampling(Sampling::Off);
+}
+
+/// One benchmark per unwinder: 64 B alloc + free through the tracker in
+/// exact mode. The id names the unwinder asked for and the one the probe
+/// actually chose (`prefix_backtrace(active=backtrace)/64`).
+fn exact_per_unwinder(g: &mut BenchmarkGroup<'_, WallTime>, l: Layout, prefix: &str) {
     for (unwinder, name) in [
         (Unwinder::Backtrace, "backtrace"),
         (Unwinder::FramePointers, "frame_pointers"),
@@ -258,17 +269,13 @@ fn capture(c: &mut Criterion) {
         // Resolve the unwinder (the frame-pointer probe runs on first use).
         alloc_free(&TRACKED, l);
         let active = heapwatch::active_unwinder();
-        println!("capture: requested {name}, active unwinder: {active}");
-        let id = format!("all_{name}(active={active})/64");
-        g.bench_function(id, |b| {
+        println!("{prefix}: requested {name}, active unwinder: {active}");
+        g.bench_function(format!("{prefix}_{name}(active={active})/64"), |b| {
             heapwatch::set_unwinder(unwinder);
             heapwatch::set_sampling(Sampling::All);
             b.iter(|| alloc_free(&TRACKED, l));
         });
     }
-    g.finish();
-    heapwatch::set_unwinder(Unwinder::Auto);
-    heapwatch::set_sampling(Sampling::Off);
 }
 
 /// Exact mode against dhat, the exact peer: the same 64 B alloc + free
@@ -285,23 +292,7 @@ fn exact_vs_dhat(c: &mut Criterion) {
         let _profiler = dhat::Profiler::builder().testing().build();
         g.bench_function("dhat/64", |b| b.iter(|| alloc_free(&dhat::Alloc, l)));
     }
-    for (unwinder, name) in [
-        (Unwinder::Backtrace, "backtrace"),
-        (Unwinder::FramePointers, "frame_pointers"),
-    ] {
-        heapwatch::set_unwinder(unwinder);
-        heapwatch::set_sampling(Sampling::All);
-        alloc_free(&TRACKED, l);
-        let id = format!(
-            "heapwatch_all_{name}(active={})/64",
-            heapwatch::active_unwinder()
-        );
-        g.bench_function(id, |b| {
-            heapwatch::set_unwinder(unwinder);
-            heapwatch::set_sampling(Sampling::All);
-            b.iter(|| alloc_free(&TRACKED, l));
-        });
-    }
+    exact_per_unwinder(&mut g, l, "heapwatch_all");
     g.finish();
     heapwatch::set_unwinder(Unwinder::Auto);
     heapwatch::set_sampling(Sampling::Off);

@@ -9,11 +9,8 @@ static GLOBAL: heapwatch::Tracker<tikv_jemallocator::Jemalloc> =
 
 include!("workloads.rs");
 
+include!("hw_report.rs");
+
 fn main() {
-    run_from_args(|| {
-        let s = heapwatch::stats();
-        println!("overhead_bytes={}", s.overhead_bytes);
-        println!("allocations={}", s.allocations);
-        println!("allocated_bytes={}", s.allocated_bytes);
-    });
+    run_from_args(print_hw_stats);
 }
