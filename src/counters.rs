@@ -189,6 +189,29 @@ fn lease_slow() -> &'static Shard {
     &SHARED
 }
 
+/// A shard's position: its index in the leased array, or `SHARDS` for the
+/// shared fallback shard. Stable across runs, unlike its address.
+pub(crate) fn index_of(shard: &Shard) -> usize {
+    let base = SHARD_ARRAY.as_ptr() as usize;
+    let offset = (shard as *const Shard as usize).wrapping_sub(base);
+    if offset < SHARDS * std::mem::size_of::<Shard>() {
+        offset / std::mem::size_of::<Shard>()
+    } else {
+        SHARDS
+    }
+}
+
+/// The calling thread's shard if it has one leased already (never leases).
+pub(crate) fn current_if_leased() -> Option<&'static Shard> {
+    let p = CURRENT.try_with(Cell::get).ok()?;
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: as in `current`: a non-null `CURRENT` points at a static shard.
+    let shard = unsafe { &*p };
+    shard.is_exclusive().then_some(shard)
+}
+
 /// Every shard, the shared one included.
 pub(crate) fn all_shards() -> impl Iterator<Item = &'static Shard> {
     SHARD_ARRAY.iter().chain(std::iter::once(&SHARED))

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::*};
 
 use serde::{Deserialize, Serialize};
 
-use crate::counters::Shard;
+use crate::counters::{self, Shard};
 
 /// Fractional bits of a fixed-point weight.
 pub(crate) const WEIGHT_SHIFT: u32 = 16;
@@ -119,9 +119,12 @@ pub fn sampling() -> Sampling {
     }
 }
 
-/// Seeds the samplers, for reproducible sampled runs: after this call, a
-/// thread that allocates the same sequence of sizes samples the same
-/// allocations.
+/// Seeds the samplers, for reproducible sampled runs: after this call, the
+/// calling thread samples from a sequence that depends only on `seed` and on
+/// its shard's position (threads lease shards in the order they first
+/// allocate), so the same program allocating the same sequence of sizes
+/// samples the same allocations on every run. The calling thread reseeds at
+/// its next allocation; other threads reseed at their next sample.
 ///
 /// # Example
 ///
@@ -131,8 +134,17 @@ pub fn sampling() -> Sampling {
 /// ```
 pub fn set_sampling_seed(seed: u64) {
     SEED.store(seed, Relaxed);
+    SEEDED.store(true, Relaxed);
     GENERATION.fetch_add(1, Relaxed);
+    // Without this, the calling thread would reseed only once its old
+    // countdown ran out, at a point that depends on the old random state.
+    if let Some(shard) = counters::current_if_leased() {
+        shard.countdown.store(0, Relaxed);
+    }
 }
+
+/// Set by `set_sampling_seed`: from then on seeds ignore shard addresses.
+static SEEDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Decides whether an allocation of `size` bytes is sampled; returns its
 /// fixed-point weight if so. Allocation-free and panic-free.
@@ -206,9 +218,15 @@ pub(crate) fn weighted_count(w: u64) -> u64 {
     (w + (1 << (WEIGHT_SHIFT - 1))) >> WEIGHT_SHIFT
 }
 
+/// A shard's seed: from the seed and the shard's position once seeded
+/// explicitly (reproducible), else also from its address (which ASLR varies
+/// between runs, so unseeded processes sample differently).
 fn seed_for(shard: &Shard) -> u64 {
-    let s = SEED.load(Relaxed) ^ (shard as *const Shard as u64).rotate_left(17);
-    splitmix(s) | 1
+    let mut s = SEED.load(Relaxed) ^ (counters::index_of(shard) as u64).rotate_left(32);
+    if !SEEDED.load(Relaxed) {
+        s ^= (shard as *const Shard as u64).rotate_left(17);
+    }
+    splitmix(splitmix(s)) | 1
 }
 
 fn splitmix(mut z: u64) -> u64 {
