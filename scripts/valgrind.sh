@@ -12,7 +12,12 @@
 # Each binary runs its tests on one thread (--test-threads=1) to keep the
 # run short and the output readable. Environment: CARGO_TARGET_DIR is
 # honoured; VALGRIND_EXTRA adds valgrind options, VALGRIND_TEST_ARGS test
-# binary arguments (a filter, `--skip NAME`).
+# binary arguments (a filter, `--skip NAME`), CARGO_TEST_ARGS cargo options
+# for the build (CI passes `--all-features` to reuse the test build). HEAPWATCH_TEST_HISTORY_MS
+# (default here 2000) slows the server test's history snapshots, which
+# otherwise take the server's whole time under valgrind;
+# HEAPWATCH_TEST_TIMEOUT_SECS (default here 900) lets its client wait for
+# the first snapshot, whose symbolization parses the debug info.
 #
 # Exit status: 0 clean; 1 memcheck errors or failing tests (the message says
 # which); 2 set-up problems.
@@ -33,13 +38,17 @@ args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 
 echo "valgrind.sh: building ${tests[*]}" >&2
-mapfile -t bins < <(cargo test --no-run --message-format=json "${args[@]}" \
+# shellcheck disable=SC2086
+mapfile -t bins < <(cargo test --no-run --message-format=json ${CARGO_TEST_ARGS:-} "${args[@]}" \
     | jq -r 'select(.reason == "compiler-artifact" and .executable != null and .profile.test == true) | .executable')
 
 if [ ${#bins[@]} -ne ${#tests[@]} ]; then
     echo "valgrind.sh: expected ${#tests[@]} test binaries, cargo reported ${#bins[@]}: ${bins[*]}" >&2
     exit 2
 fi
+
+export HEAPWATCH_TEST_HISTORY_MS="${HEAPWATCH_TEST_HISTORY_MS:-2000}"
+export HEAPWATCH_TEST_TIMEOUT_SECS="${HEAPWATCH_TEST_TIMEOUT_SECS:-900}"
 
 status=0
 for bin in "${bins[@]}"; do

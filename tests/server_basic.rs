@@ -45,9 +45,20 @@ fn get(addr: SocketAddr, target: &str) -> Reply {
     )
 }
 
+/// How long a client waits for a response: 30 s, or HEAPWATCH_TEST_TIMEOUT_SECS
+/// (scripts/valgrind.sh sets it: there the first snapshot, which parses the
+/// binary's debug info to symbolize, takes minutes).
+fn read_timeout() -> Duration {
+    let secs = std::env::var("HEAPWATCH_TEST_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    Duration::from_secs(secs)
+}
+
 fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(read_timeout())).unwrap();
     s.write_all(request).expect("write request");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).expect("read response");
@@ -114,12 +125,18 @@ fn keep_some_memory() -> Vec<Vec<u8>> {
 fn routes_history_diff_and_shutdown() {
     heapwatch::set_sampling(heapwatch::Sampling::All);
     let kept = keep_some_memory();
+    // 50 ms keeps the test short. Under valgrind (~50x slower) a snapshot
+    // takes longer than that to build, so the history task would never let
+    // a request through: scripts/valgrind.sh sets a slower interval.
+    let interval_ms: u64 = std::env::var("HEAPWATCH_TEST_HISTORY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let server = ServerBuilder::new()
         .addr("127.0.0.1:0")
         .token(None)
-        .history_interval(Duration::from_millis(50))
-        // 1,000 x 50 ms: ids stay retained for 50 s, long enough even under
-        // valgrind (scripts/valgrind.sh), where everything runs ~50x slower.
+        .history_interval(Duration::from_millis(interval_ms))
+        // 1,000 intervals: ids stay retained far longer than the test runs.
         .history_len(1000)
         .serve()
         .expect("serve");
@@ -166,7 +183,7 @@ fn routes_history_diff_and_shutdown() {
 
     // History grows: poll (bounded) until two entries.
     let mut hist = serde_json::Value::Null;
-    for _ in 0..400 {
+    for _ in 0..400.max(interval_ms * 3 / 25) {
         let r = get(addr, "/heap/history");
         assert_eq!(r.status, 200);
         hist = r.json();
@@ -177,7 +194,7 @@ fn routes_history_diff_and_shutdown() {
     }
     let snaps = hist["snapshots"].as_array().unwrap();
     assert!(snaps.len() >= 2, "history did not grow: {hist}");
-    assert_eq!(hist["interval_ms"], 50);
+    assert_eq!(hist["interval_ms"], interval_ms);
     assert_eq!(hist["capacity"], 1000);
     for s in snaps {
         for key in ["id", "taken_at_ms", "uptime_ms", "totals"] {
@@ -324,7 +341,7 @@ fn routes_history_diff_and_shutdown() {
 
     // Keep-alive: two requests on one connection.
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_read_timeout(Some(read_timeout())).unwrap();
     s.write_all(b"GET /heap/history HTTP/1.1\r\nHost: x\r\n\r\nGET /heap/history HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut buf = Vec::new();
