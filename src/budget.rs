@@ -653,6 +653,31 @@ fn admit_slow(shard: &Shard, size: u64) -> bool {
     true
 }
 
+/// [`admit`] for the calling thread's own leased shard, on the hook's fast
+/// path: true if the shard's credit covers `size`. When false, take the
+/// general path ([`admit`]), which reserves more or refuses.
+#[inline(always)]
+pub(crate) fn admit_owned(shard: &Shard, size: usize) -> bool {
+    shard.credit.load(Relaxed) >= size as i64
+}
+
+/// [`consume`] for the calling thread's own leased shard.
+#[inline(always)]
+pub(crate) fn consume_owned(shard: &Shard, size: usize) {
+    let c = shard.credit.load(Relaxed).wrapping_sub(size as i64);
+    shard.credit.store(c, Relaxed);
+}
+
+/// [`release`] for the calling thread's own leased shard.
+#[inline(always)]
+pub(crate) fn release_owned(shard: &Shard, size: usize) {
+    let c = shard.credit.load(Relaxed).wrapping_add(size as i64);
+    shard.credit.store(c, Relaxed);
+    if c > 2 * CHUNK_BYTES as i64 {
+        release_slow(shard, c);
+    }
+}
+
 /// Spends the credit of an admitted allocation that succeeded.
 #[inline(always)]
 pub(crate) fn consume(shard: &Shard, size: usize) {

@@ -87,6 +87,14 @@ impl Shard {
         }
     }
 
+    /// Adds `v` to a counter of a shard the calling thread has leased
+    /// (`counters::exclusive`): a plain load and store, no atomic RMW.
+    #[inline(always)]
+    pub(crate) fn add_owned(&self, c: &AtomicU64, v: u64) {
+        debug_assert!(self.exclusive);
+        c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
+    }
+
     /// Like [`Shard::add`] for a signed counter.
     #[inline(always)]
     pub(crate) fn add_i(&self, c: &AtomicI64, v: i64) {
@@ -112,9 +120,18 @@ static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
 /// Threads that found every shard leased and fell back to the shared one.
 static LEASE_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
 
+/// `CURRENT` before the thread's first allocation.
+const NO_SHARD: usize = 0;
+/// `CURRENT` of a thread that uses the shared shard (every shard was
+/// leased, or its thread-locals are being torn down).
+const SHARED_SHARD: usize = 1;
+
 thread_local! {
-    /// This thread's shard; null until the first allocation. No destructor.
-    static CURRENT: Cell<*const Shard> = const { Cell::new(ptr::null()) };
+    /// This thread's shard: `NO_SHARD`, `SHARED_SHARD`, or the address of
+    /// its exclusively leased shard in `SHARD_ARRAY`. One compare tells the
+    /// hook's fast path (an exclusive shard) from everything else. No
+    /// destructor.
+    static CURRENT: Cell<usize> = const { Cell::new(NO_SHARD) };
     /// Returns the lease when the thread's thread-locals are torn down.
     static LEASE: Lease = const { Lease(Cell::new(ptr::null())) };
 }
@@ -128,7 +145,7 @@ impl Drop for Lease {
             return;
         }
         // Whatever this thread allocates from now on goes to the shared shard.
-        let _ = CURRENT.try_with(|c| c.set(&SHARED));
+        let _ = CURRENT.try_with(|c| c.set(SHARED_SHARD));
         // SAFETY: `p` was set by `lease_slow` to an element of the static
         // `SHARD_ARRAY`, which lives for the whole program.
         let shard = unsafe { &*p };
@@ -137,17 +154,31 @@ impl Drop for Lease {
     }
 }
 
+/// The calling thread's exclusively leased shard, if it has one: the hook's
+/// fast path. `None` before the thread's first allocation and for threads
+/// on the shared shard. Never allocates, never panics.
+#[inline(always)]
+pub(crate) fn exclusive() -> Option<&'static Shard> {
+    let p = CURRENT.try_with(Cell::get).unwrap_or(SHARED_SHARD);
+    if p > SHARED_SHARD {
+        // SAFETY: a `CURRENT` other than the two markers is the address of
+        // an element of the static `SHARD_ARRAY` (set by `lease_slow`).
+        Some(unsafe { &*(p as *const Shard) })
+    } else {
+        None
+    }
+}
+
 /// The calling thread's shard, leasing one on first use. Never allocates
 /// through the global allocator, never panics.
-#[inline(always)]
+#[inline]
 pub(crate) fn current() -> &'static Shard {
-    let p = CURRENT.try_with(Cell::get).unwrap_or(&SHARED);
-    if p.is_null() {
-        return lease_slow();
+    match CURRENT.try_with(Cell::get).unwrap_or(SHARED_SHARD) {
+        NO_SHARD => lease_slow(),
+        SHARED_SHARD => &SHARED,
+        // SAFETY: as in `exclusive`.
+        p => unsafe { &*(p as *const Shard) },
     }
-    // SAFETY: `CURRENT` only ever holds null (handled above), `&SHARED`, or a
-    // pointer into the static `SHARD_ARRAY`; both are `'static`.
-    unsafe { &*p }
 }
 
 #[cold]
@@ -166,10 +197,16 @@ fn lease_slow() -> &'static Shard {
             .compare_exchange(false, true, Acquire, Relaxed)
             .is_ok()
         {
+            // A new owner decides its first sample afresh (the previous
+            // owner's countdown may be from another sampling mode).
+            shard.countdown.store(0, Relaxed);
             // Publish the shard before registering the lease: if registering
             // the destructor allocates, that nested allocation finds the
             // shard already set and does not come back here.
-            if CURRENT.try_with(|c| c.set(shard)).is_err() {
+            if CURRENT
+                .try_with(|c| c.set(shard as *const Shard as usize))
+                .is_err()
+            {
                 shard.leased.store(false, Release);
                 return &SHARED;
             }
@@ -177,7 +214,7 @@ fn lease_slow() -> &'static Shard {
             // teardown it is no longer reachable: hand the shard back and use
             // the shared one for the rest of the thread.
             if LEASE.try_with(|l| l.0.set(shard)).is_err() {
-                let _ = CURRENT.try_with(|c| c.set(&SHARED));
+                let _ = CURRENT.try_with(|c| c.set(SHARED_SHARD));
                 shard.leased.store(false, Release);
                 return &SHARED;
             }
@@ -185,7 +222,7 @@ fn lease_slow() -> &'static Shard {
         }
     }
     LEASE_OVERFLOWS.fetch_add(1, Relaxed);
-    let _ = CURRENT.try_with(|c| c.set(&SHARED));
+    let _ = CURRENT.try_with(|c| c.set(SHARED_SHARD));
     &SHARED
 }
 
@@ -199,17 +236,6 @@ pub(crate) fn index_of(shard: &Shard) -> usize {
     } else {
         SHARDS
     }
-}
-
-/// The calling thread's shard if it has one leased already (never leases).
-pub(crate) fn current_if_leased() -> Option<&'static Shard> {
-    let p = CURRENT.try_with(Cell::get).ok()?;
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: as in `current`: a non-null `CURRENT` points at a static shard.
-    let shard = unsafe { &*p };
-    shard.is_exclusive().then_some(shard)
 }
 
 /// Every shard, the shared one included.

@@ -46,6 +46,16 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// Enters heapwatch on a thread known not to be inside it (the caller
+    /// checked [`is_active`]): a plain store, nothing to read back.
+    #[inline(always)]
+    pub(crate) fn enter_idle() -> Guard {
+        let _ = IN_HEAPWATCH.try_with(|g| g.set(true));
+        Guard { prev: false }
+    }
+}
+
 impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {

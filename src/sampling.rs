@@ -73,6 +73,14 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 /// Switches the sampling mode at run time. Blocks already sampled keep their
 /// records (and weights) until they are freed.
 ///
+/// The switch holds at once for the calling thread and for every thread
+/// that is not allocating at that instant. A thread in the middle of an
+/// allocation may miss it and switch at its next sampling decision
+/// instead: after at most 64 KiB of its allocations when leaving `Off`, or
+/// at its next sample in `Bytes` mode (the hook reads the mode only then,
+/// which keeps it off the hot path). Set the mode before starting threads
+/// whose allocations must all be counted the new way.
+///
 /// # Example
 ///
 /// ```
@@ -108,6 +116,13 @@ fn store_sampling(sampling: Sampling) {
         }
     }
     GENERATION.fetch_add(1, Relaxed);
+    // Every shard decides its next allocation on the slow path, which reads
+    // the new mode. The calling thread's own reset always holds; a thread
+    // allocating at this moment may overwrite its reset and switch at its
+    // next sampling decision instead (see `set_sampling`).
+    for shard in counters::all_shards() {
+        shard.countdown.store(0, Relaxed);
+    }
 }
 
 /// The sampling mode in force.
@@ -138,7 +153,7 @@ pub fn set_sampling_seed(seed: u64) {
     GENERATION.fetch_add(1, Relaxed);
     // Without this, the calling thread would reseed only once its old
     // countdown ran out, at a point that depends on the old random state.
-    if let Some(shard) = counters::current_if_leased() {
+    if let Some(shard) = counters::exclusive() {
         shard.countdown.store(0, Relaxed);
     }
 }
@@ -148,26 +163,42 @@ static SEEDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 
 /// Decides whether an allocation of `size` bytes is sampled; returns its
 /// fixed-point weight if so. Allocation-free and panic-free.
+///
+/// The fast path is the countdown alone, in every mode: `Bytes` counts down
+/// to the next sample; `Off` counts down `OFF_RECHECK` bytes between looks
+/// at the mode; `All` keeps it at zero so every allocation takes the slow
+/// path. Only the slow path reads the mode.
 #[inline(always)]
 pub(crate) fn should_sample(shard: &Shard, size: usize) -> Option<u64> {
-    match MODE.load(Relaxed) {
-        MODE_BYTES => {
-            let left = shard.countdown.load(Relaxed).wrapping_sub(size as i64);
-            shard.countdown.store(left, Relaxed);
-            if left >= 0 {
-                None
-            } else {
-                sample_slow(shard, size)
-            }
-        }
-        MODE_ALL => Some(ONE),
-        _ => None,
+    let left = shard.countdown.load(Relaxed).wrapping_sub(size as i64);
+    shard.countdown.store(left, Relaxed);
+    if left >= 0 {
+        None
+    } else {
+        sample_slow(shard, size)
     }
 }
+
+/// Bytes a thread allocates in `Off` mode between two looks at the mode, so
+/// that a switch made by another thread reaches it (`set_sampling` also
+/// resets every countdown, but a thread allocating at that moment can
+/// overwrite the reset).
+const OFF_RECHECK: i64 = 64 * 1024;
 
 #[cold]
 #[inline(never)]
 fn sample_slow(shard: &Shard, size: usize) -> Option<u64> {
+    match MODE.load(Relaxed) {
+        MODE_OFF => {
+            shard.countdown.store(OFF_RECHECK, Relaxed);
+            return None;
+        }
+        MODE_ALL => {
+            shard.countdown.store(0, Relaxed);
+            return Some(ONE);
+        }
+        _ => {}
+    }
     let interval = INTERVAL.load(Relaxed).max(1);
     let generation = GENERATION.load(Relaxed);
     let mut rng = shard.rng.load(Relaxed);

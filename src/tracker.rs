@@ -233,79 +233,79 @@ fn take_record_slow(ptr: *mut u8) -> Option<Record> {
     callsites::take(ptr as usize)
 }
 
+// The hook has two paths.
+//
+// The fast path is taken when the calling thread has leased a shard of its
+// own (`counters::exclusive`, one thread-local load and compare), is not
+// inside heapwatch (the reentrancy guard), and, for allocations, its budget
+// credit covers the block. It updates the shard with plain loads and stores,
+// decides sampling with the countdown alone, and calls the inner allocator
+// once.
+//
+// Everything else takes the general path (`*_slow`, out of line): the
+// thread's first allocation (which applies the tracker's configuration and
+// leases a shard), threads on the shared shard, heapwatch's own allocations
+// (counted as overhead), and allocations that need budget credit (which may
+// be refused). Both paths count exactly the same figures.
+
 // SAFETY: every method forwards to `A` with the caller's arguments unchanged
 // and returns what `A` returned, so `A`'s `GlobalAlloc` contract carries
 // over; the bookkeeping around the calls never touches the blocks.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.ensure_init();
-        let shard = counters::current();
         let size = layout.size();
-        if !budget::admit(shard, size) {
-            return std::ptr::null_mut();
+        if let Some(shard) = counters::exclusive() {
+            if !guard::is_active() && budget::admit_owned(shard, size) {
+                let p = {
+                    let _g = Guard::enter_idle();
+                    // SAFETY: the caller upholds `alloc`'s contract for `layout`.
+                    unsafe { self.inner.alloc(layout) }
+                };
+                if !p.is_null() {
+                    on_alloc_owned(shard, p, size);
+                }
+                return p;
+            }
         }
-        if guard::is_active() {
-            // SAFETY: the caller upholds `alloc`'s contract for `layout`.
-            let p = unsafe { self.inner.alloc(layout) };
-            overhead_alloc(shard, p, size);
-            return p;
-        }
-        let p = {
-            let _g = Guard::enter();
-            // SAFETY: as above.
-            unsafe { self.inner.alloc(layout) }
-        };
-        if p.is_null() {
-            budget::cancel(shard, size);
-        } else {
-            on_alloc(shard, p, size);
-        }
-        p
+        // SAFETY: as above.
+        unsafe { self.alloc_slow(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.ensure_init();
-        let shard = counters::current();
         let size = layout.size();
-        if !budget::admit(shard, size) {
-            return std::ptr::null_mut();
+        if let Some(shard) = counters::exclusive() {
+            if !guard::is_active() && budget::admit_owned(shard, size) {
+                let p = {
+                    let _g = Guard::enter_idle();
+                    // SAFETY: the caller upholds `alloc_zeroed`'s contract.
+                    unsafe { self.inner.alloc_zeroed(layout) }
+                };
+                if !p.is_null() {
+                    on_alloc_owned(shard, p, size);
+                }
+                return p;
+            }
         }
-        if guard::is_active() {
-            // SAFETY: the caller upholds `alloc_zeroed`'s contract.
-            let p = unsafe { self.inner.alloc_zeroed(layout) };
-            overhead_alloc(shard, p, size);
-            return p;
-        }
-        let p = {
-            let _g = Guard::enter();
-            // SAFETY: as above.
-            unsafe { self.inner.alloc_zeroed(layout) }
-        };
-        if p.is_null() {
-            budget::cancel(shard, size);
-        } else {
-            on_alloc(shard, p, size);
-        }
-        p
+        // SAFETY: as above.
+        unsafe { self.alloc_slow(layout, true) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let shard = counters::current();
         let size = layout.size();
-        if let Some(rec) = take_record(ptr) {
-            callsites::record_free(&rec);
+        match counters::exclusive() {
+            Some(shard) if !guard::is_active() => {
+                if let Some(rec) = take_record(ptr) {
+                    callsites::record_free(&rec);
+                }
+                shard.add_owned(&shard.frees, 1);
+                shard.add_owned(&shard.freed_bytes, size as u64);
+                budget::release_owned(shard, size);
+            }
+            _ => on_dealloc_slow(ptr, size),
         }
-        if guard::is_active() {
-            shard.add(&shard.ovh_frees, 1);
-            shard.add(&shard.ovh_freed_bytes, size as u64);
-        } else {
-            shard.add(&shard.frees, 1);
-            shard.add(&shard.freed_bytes, size as u64);
-        }
-        budget::release(shard, size);
         // No guard around the inner `dealloc` (unlike `alloc`): freeing does
         // not allocate in jemalloc, System or dhat, and without a guard to
         // restore afterwards this is a tail call. An inner allocator that
@@ -364,6 +364,78 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
         }
         p
     }
+}
+
+impl<A: GlobalAlloc> Tracker<A> {
+    /// The general path of `alloc` and `alloc_zeroed`.
+    ///
+    /// # Safety
+    ///
+    /// `alloc`'s (or `alloc_zeroed`'s) contract for `layout`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        self.ensure_init();
+        let shard = counters::current();
+        let size = layout.size();
+        if !budget::admit(shard, size) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: forwarded from this function's own contract.
+        let inner = |layout| unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        };
+        if guard::is_active() {
+            let p = inner(layout);
+            overhead_alloc(shard, p, size);
+            return p;
+        }
+        let p = {
+            let _g = Guard::enter();
+            inner(layout)
+        };
+        if p.is_null() {
+            budget::cancel(shard, size);
+        } else {
+            on_alloc(shard, p, size);
+        }
+        p
+    }
+}
+
+/// Counts a successful fast-path allocation on the calling thread's own
+/// shard and samples it.
+#[inline(always)]
+fn on_alloc_owned(shard: &Shard, ptr: *mut u8, size: usize) {
+    budget::consume_owned(shard, size);
+    shard.add_owned(&shard.allocs, 1);
+    shard.add_owned(&shard.alloc_bytes, size as u64);
+    if let Some(weight) = sampling::should_sample(shard, size) {
+        record_sampled(ptr, size, weight);
+    }
+}
+
+/// The general path of `dealloc`'s bookkeeping (the inner `dealloc` is
+/// called by the caller either way).
+#[cold]
+#[inline(never)]
+fn on_dealloc_slow(ptr: *mut u8, size: usize) {
+    let shard = counters::current();
+    if let Some(rec) = take_record(ptr) {
+        callsites::record_free(&rec);
+    }
+    if guard::is_active() {
+        shard.add(&shard.ovh_frees, 1);
+        shard.add(&shard.ovh_freed_bytes, size as u64);
+    } else {
+        shard.add(&shard.frees, 1);
+        shard.add(&shard.freed_bytes, size as u64);
+    }
+    budget::release(shard, size);
 }
 
 /// Counts an allocation made under the reentrancy guard as overhead.
