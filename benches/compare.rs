@@ -18,7 +18,31 @@
 //! share that build, so the comparison stays like with like. Without it the
 //! `jemalloc_prof` worker is not built and that column is skipped.
 //!
-//! Options: `--rounds N` (default 5), `--workloads a,b`, `--configs a,b`.
+//! Options: `--rounds N` (default 5), `--workloads a,b`, `--configs a,b`,
+//! `--fp-dir DIR`.
+//!
+//! # The frame-pointer configuration (`hw_all_fp`)
+//!
+//! `cmp_hw_all_fp` is heapwatch exact with `Unwinder::FramePointers`, which
+//! only engages in a build with `-C force-frame-pointers=yes`. That build
+//! lives in a target directory of its own, so the other workers (and the
+//! baseline) keep the default build; `scripts/compare.sh` makes both builds
+//! and runs this driver (arguments are passed through):
+//!
+//! ```sh
+//! scripts/compare.sh --rounds 5
+//! ```
+//!
+//! The driver takes `cmp_hw_all_fp-*` from `--fp-dir DIR`, else from
+//! `$HW_CMP_FP_DIR`, else from `<target>/fp/release/deps`, where `<target>`
+//! is the target directory the driver itself was built in (so
+//! `CARGO_TARGET_DIR` is followed); never from the driver's own directory,
+//! whose `cmp_hw_all_fp` has no frame pointers. If it is not there the
+//! column is skipped with a note. Each run prints the unwinder actually used
+//! (`unwinder=...`, read after the workload); if any run reports another
+//! unwinder than `frame_pointers` the row is labelled `frame pointers NOT
+//! active` in every table and a warning is printed, since its figures are
+//! then those of the backtrace unwinder.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -36,7 +60,19 @@ const CONFIGS: &[(&str, &str)] = &[
     ("hw_off", "heapwatch Off (totals+budget)"),
     ("hw_bytes", "heapwatch default (512 KiB sampling)"),
     ("hw_all", "heapwatch exact (backtrace)"),
+    ("hw_all_fp", "heapwatch exact (frame pointers)"),
 ];
+
+/// The configuration built with frame pointers, in a target directory of
+/// its own.
+const FP_CONFIG: &str = "hw_all_fp";
+
+/// Environment variable naming the frame-pointer build's `deps` directory
+/// (`--fp-dir` wins over it).
+const FP_DIR_ENV: &str = "HW_CMP_FP_DIR";
+
+const FP_BUILD_HINT: &str = "scripts/compare.sh (or: RUSTFLAGS=\"-C force-frame-pointers=yes\" \
+     CARGO_TARGET_DIR=<target>/fp cargo bench --features bench-jemalloc-prof --bench cmp_hw_all_fp --no-run)";
 
 const WORKLOADS: &[&str] = &["small", "threads", "mixed", "large"];
 
@@ -59,6 +95,7 @@ fn main() {
     let mut rounds = 5usize;
     let mut workloads: Vec<String> = WORKLOADS.iter().map(|s| s.to_string()).collect();
     let mut configs: Vec<String> = CONFIGS.iter().map(|(c, _)| c.to_string()).collect();
+    let mut fp_dir: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -75,6 +112,12 @@ fn main() {
             "--configs" => {
                 configs = split_list(args.next(), CONFIGS.iter().map(|(c, _)| *c), "--configs");
             }
+            "--fp-dir" => {
+                fp_dir = Some(PathBuf::from(
+                    args.next()
+                        .unwrap_or_else(|| fail("--fp-dir needs a directory")),
+                ));
+            }
             // `cargo bench` passes `--bench`; ignore it and anything else.
             _ => {}
         }
@@ -87,15 +130,33 @@ fn main() {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| fail("cannot locate the driver's own executable"));
+    // <target>/release/deps -> <target>/fp/release/deps
+    let fp_dir = fp_dir
+        .or_else(|| std::env::var_os(FP_DIR_ENV).map(PathBuf::from))
+        .or_else(|| {
+            dir.parent()
+                .and_then(Path::parent)
+                .map(|target| target.join("fp/release/deps"))
+        })
+        .unwrap_or_else(|| {
+            fail("cannot derive the frame-pointer build's directory; pass --fp-dir")
+        });
     let mut exes: BTreeMap<String, PathBuf> = BTreeMap::new();
     for c in &configs {
-        match find_worker(&dir, c) {
+        let worker_dir = if c == FP_CONFIG { &fp_dir } else { &dir };
+        match find_worker(worker_dir, c) {
             Some(exe) => {
                 exes.insert(c.clone(), exe);
             }
             // Built only with the feature; everything else must be there.
             None if c == "jemalloc_prof" => eprintln!(
                 "note: `cmp_jemalloc_prof` not built (needs --features bench-jemalloc-prof): column skipped"
+            ),
+            // Built separately, with frame pointers.
+            None if c == FP_CONFIG => eprintln!(
+                "note: `cmp_{FP_CONFIG}-*` not found in {} (the frame-pointer build; \
+                 --fp-dir or ${FP_DIR_ENV} to point elsewhere): column skipped; build it with {FP_BUILD_HINT}",
+                fp_dir.display()
             ),
             None => fail(&format!(
                 "worker executable `cmp_{c}-*` not found in {}; build the workers with `{BUILD_HINT}`",
@@ -142,8 +203,50 @@ fn main() {
                         fail("jemalloc_prof: jemalloc's profiler is not active (opt.prof / prof.active not true)");
                     }
                 }
+                if c == FP_CONFIG {
+                    let unwinder = extra_value(&run, "unwinder").unwrap_or("(not reported)");
+                    if unwinder != "frame_pointers" {
+                        eprintln!(
+                            "WARNING: {FP_CONFIG} {w}: the worker ran with unwinder={unwinder}, \
+                             not frame_pointers: its row is labelled NOT active"
+                        );
+                    }
+                }
                 results.entry((w.clone(), c.clone())).or_default().push(run);
             }
+        }
+    }
+
+    // Row labels; the frame-pointer row says so when the walk did not engage.
+    let mut labels: BTreeMap<String, String> =
+        configs.iter().map(|c| (c.clone(), describe(c))).collect();
+    if configs.iter().any(|c| c == FP_CONFIG) {
+        let runs: Vec<&Run> = results
+            .iter()
+            .filter(|((_, c), _)| c == FP_CONFIG)
+            .flat_map(|(_, runs)| runs)
+            .collect();
+        let not_fp = runs
+            .iter()
+            .filter(|r| extra_value(r, "unwinder") != Some("frame_pointers"))
+            .count();
+        if not_fp > 0 {
+            let label = format!(
+                "**heapwatch exact, frame pointers NOT active** ({not_fp} of {} runs used \
+                 another unwinder: backtrace figures) (`cmp_{FP_CONFIG}`)",
+                runs.len()
+            );
+            println!(
+                "**WARNING**: `cmp_{FP_CONFIG}` did not use the frame-pointer unwinder in \
+                 {not_fp} of {} runs (was it built with `-C force-frame-pointers=yes`? \
+                 did the probe reject the walk?); its row is labelled accordingly.\n",
+                runs.len()
+            );
+            eprintln!(
+                "WARNING: {FP_CONFIG}: frame pointers NOT active in {not_fp} of {} runs",
+                runs.len()
+            );
+            labels.insert(FP_CONFIG.to_string(), label);
         }
     }
 
@@ -166,7 +269,7 @@ fn main() {
                 }
             })
             .collect();
-        println!("| {} | {} |", describe(c), cells.join(" | "));
+        println!("| {} | {} |", labels[c.as_str()], cells.join(" | "));
     }
 
     // The machine may be shared: the fastest run is the least disturbed one.
@@ -190,7 +293,7 @@ fn main() {
                 }
             })
             .collect();
-        println!("| {} | {} |", describe(c), cells.join(" | "));
+        println!("| {} | {} |", labels[c.as_str()], cells.join(" | "));
     }
 
     println!("\n## Peak RSS (median of `ru_maxrss`, MiB)\n");
@@ -204,7 +307,7 @@ fn main() {
                 format!("{:.1}", kib / 1024.0)
             })
             .collect();
-        println!("| {} | {} |", describe(c), cells.join(" | "));
+        println!("| {} | {} |", labels[c.as_str()], cells.join(" | "));
     }
 
     let hw: Vec<&String> = configs.iter().filter(|c| c.starts_with("hw_")).collect();
@@ -228,7 +331,7 @@ fn main() {
                     }
                 })
                 .collect();
-            println!("| {} | {} |", describe(c), cells.join(" | "));
+            println!("| {} | {} |", labels[c.as_str()], cells.join(" | "));
         }
     }
 }
@@ -239,6 +342,15 @@ fn describe(config: &str) -> String {
         .find(|(c, _)| *c == config)
         .map_or(config, |(_, d)| d);
     format!("{desc} (`cmp_{config}`)")
+}
+
+/// The value of a `key=value` line a worker printed, other than the
+/// elapsed time and the tracker memory.
+fn extra_value<'a>(run: &'a Run, key: &str) -> Option<&'a str> {
+    run.extra
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 fn print_header(workloads: &[String]) {

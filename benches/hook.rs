@@ -26,8 +26,18 @@
 //!   build with `-C force-frame-pointers=yes`).
 //! - `snapshot_build`: `heapwatch::snapshot()` at 100, 1,000 and 10,000
 //!   distinct callsites, symbols cached.
+//! - `heap_request` (feature `server`; run between `snapshot_build/1000`
+//!   and `snapshot_build/10000`, so on the same ~1,000-callsite table): one
+//!   complete HTTP/1.1 request to the endpoint, started in this process, over
+//!   a fresh loopback TCP connection (connect, send with `Connection: close`,
+//!   read to EOF, check for `200`) for `/heap`, `/heap?top=50`, `/metrics`
+//!   and `/debug/pprof/heap`. Every request builds a fresh snapshot
+//!   (symbols cached); flat sampling, as a `/heap` takes milliseconds.
 //!
-//! Run: `cargo bench --bench hook -- --warm-up-time 1 --measurement-time 3`.
+//! Run: `cargo bench --bench hook -- --warm-up-time 1 --measurement-time 3`
+//! (append a group name, e.g. `heap_request`, to measure only that group;
+//! every group's setup, such as making `snapshot_build`'s callsites, still
+//! runs).
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::alloc::{handle_alloc_error, GlobalAlloc, Layout};
@@ -358,18 +368,20 @@ fn make_callsite(code: u32) {
     black_box(first(code >> 2, HOPS - 1));
 }
 
-fn snapshot_build(c: &mut Criterion) {
+/// Measures `heapwatch::snapshot()` with `n` distinct callsites made for
+/// each `n` of `sizes` (ascending); `made` carries how many were made by an
+/// earlier call, so the group can be run in steps.
+fn snapshot_build(c: &mut Criterion, made: &mut u32, sizes: &[u32]) {
     init_tracker();
     heapwatch::set_unwinder(Unwinder::Auto);
     heapwatch::set_sampling(Sampling::All);
     let mut g = c.benchmark_group("snapshot_build");
     g.sample_size(10);
-    let mut made = 0;
-    for n in [100u32, 1_000, 10_000] {
-        for code in made..n {
+    for &n in sizes {
+        for code in *made..n {
             make_callsite(code);
         }
-        made = n;
+        *made = n;
         // Warm-up: loads debug info and fills the symbol cache.
         let warm = heapwatch::snapshot();
         println!(
@@ -388,6 +400,92 @@ fn snapshot_build(c: &mut Criterion) {
     heapwatch::set_sampling(Sampling::Off);
 }
 
+// ---- /heap over HTTP ---------------------------------------------------------
+
+/// Paths requested by `heap_request`.
+#[cfg(feature = "server")]
+const HEAP_REQUEST_PATHS: &[&str] = &[
+    "/heap",
+    "/heap?top=50",
+    "/metrics",
+    #[cfg(feature = "pprof")]
+    "/debug/pprof/heap",
+];
+
+/// One complete request over a fresh connection: connect, send the request
+/// (`Connection: close`), read the response to EOF. Panics unless the status
+/// is 200. Returns the response's length (head and body).
+#[cfg(feature = "server")]
+fn http_get(addr: std::net::SocketAddr, request: &[u8], buf: &mut Vec<u8>) -> usize {
+    use std::io::{Read, Write};
+
+    let mut conn = std::net::TcpStream::connect(addr).expect("connecting to the endpoint");
+    conn.write_all(request).expect("sending the request");
+    buf.clear();
+    conn.read_to_end(buf).expect("reading the response");
+    if !buf.starts_with(b"HTTP/1.1 200 ") {
+        let head = String::from_utf8_lossy(&buf[..buf.len().min(300)]);
+        panic!("expected 200, got: {head}");
+    }
+    buf.len()
+}
+
+/// Latency of one request to the endpoint per path, with the callsite
+/// table as it is (`main` runs this right after `snapshot_build/1000`).
+///
+/// The group makes no callsites of its own: a callsite is a whole stack, so
+/// chains made from here would be new callsites, and would change the table
+/// `snapshot_build` measures.
+#[cfg(feature = "server")]
+fn heap_request(c: &mut Criterion) {
+    init_tracker();
+    // The server's own allocations go to this binary's global allocator
+    // (System), not through the tracker, whatever the mode.
+    heapwatch::set_sampling(Sampling::Off);
+    let server = heapwatch::ServerBuilder::new()
+        .addr("127.0.0.1:0")
+        .token(None)
+        // The history takes its first snapshot at start, then one an hour:
+        // none lands during the measurement.
+        .history_interval(Duration::from_secs(3600))
+        .serve()
+        .expect("starting the endpoint");
+    let addr = server.local_addr();
+    let snap = heapwatch::snapshot();
+    println!(
+        "heap_request: {} callsites in the snapshot ({} table slots used; includes the few \
+         recorded by earlier groups)",
+        snap.callsites.len(),
+        snap.tables.callsites_used,
+    );
+    drop(snap);
+    let mut g = c.benchmark_group("heap_request");
+    // Milliseconds per request: the same iteration count in every sample
+    // keeps the run within the measurement time.
+    g.sampling_mode(criterion::SamplingMode::Flat);
+    g.sample_size(30);
+    let mut buf = Vec::new();
+    for path in HEAP_REQUEST_PATHS {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        // One request outside the measurement, for the response size
+        // (symbols are already cached by snapshot_build's warm-up).
+        let t = Instant::now();
+        let len = http_get(addr, request.as_bytes(), &mut buf);
+        println!(
+            "heap_request {path}: first request {:.1} ms, response {len} bytes",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        g.bench_function(
+            BenchmarkId::from_parameter(path.trim_start_matches('/')),
+            |b| {
+                b.iter(|| black_box(http_get(addr, request.as_bytes(), &mut buf)));
+            },
+        );
+    }
+    g.finish();
+    server.shutdown();
+}
+
 fn main() {
     init_tracker();
     println!(
@@ -399,6 +497,12 @@ fn main() {
     alloc_free_2threads(&mut c);
     capture(&mut c);
     exact_vs_dhat(&mut c);
-    snapshot_build(&mut c);
+    // snapshot_build in two steps: heap_request measures the endpoint with
+    // the table of snapshot_build/1000.
+    let mut made = 0;
+    snapshot_build(&mut c, &mut made, &[100, 1_000]);
+    #[cfg(feature = "server")]
+    heap_request(&mut c);
+    snapshot_build(&mut c, &mut made, &[10_000]);
     c.final_summary();
 }
