@@ -318,6 +318,56 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let old_size = layout.size();
+        let growth = new_size.saturating_sub(old_size);
+        if let Some(shard) = counters::exclusive() {
+            if !guard::is_active() && budget::admit_owned(shard, growth) {
+                let rec = take_record(ptr);
+                let p = {
+                    let _g = Guard::enter_idle();
+                    // SAFETY: the caller upholds `realloc`'s contract: `ptr`
+                    // came from this allocator with `layout`, `new_size` is
+                    // valid for it.
+                    unsafe { self.inner.realloc(ptr, layout, new_size) }
+                };
+                if p.is_null() {
+                    // The old block is still live and still counted as it was.
+                    if let Some(rec) = rec {
+                        callsites::put_back(ptr as usize, rec);
+                    }
+                    return p;
+                }
+                if growth > 0 {
+                    budget::consume_owned(shard, growth);
+                } else {
+                    budget::release_owned(shard, old_size - new_size);
+                }
+                if let Some(rec) = rec {
+                    callsites::record_free(&rec);
+                }
+                shard.add_owned(&shard.reallocs, 1);
+                shard.add_owned(&shard.alloc_bytes, new_size as u64);
+                shard.add_owned(&shard.freed_bytes, old_size as u64);
+                if let Some(weight) = sampling::should_sample(shard, new_size) {
+                    record_sampled(p, new_size, weight);
+                }
+                return p;
+            }
+        }
+        // SAFETY: as above.
+        unsafe { self.realloc_slow(ptr, layout, new_size) }
+    }
+}
+
+impl<A: GlobalAlloc> Tracker<A> {
+    /// The general path of `realloc`.
+    ///
+    /// # Safety
+    ///
+    /// `realloc`'s contract for `ptr`, `layout` and `new_size`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_slow(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         self.ensure_init();
         let shard = counters::current();
         let old_size = layout.size();
@@ -364,9 +414,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
         }
         p
     }
-}
 
-impl<A: GlobalAlloc> Tracker<A> {
     /// The general path of `alloc` and `alloc_zeroed`.
     ///
     /// # Safety
