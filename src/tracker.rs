@@ -254,42 +254,14 @@ fn take_record_slow(ptr: *mut u8) -> Option<Record> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let size = layout.size();
-        if let Some(shard) = counters::exclusive() {
-            if !guard::is_active() && budget::admit_owned(shard, size) {
-                let p = {
-                    let _g = Guard::enter_idle();
-                    // SAFETY: the caller upholds `alloc`'s contract for `layout`.
-                    unsafe { self.inner.alloc(layout) }
-                };
-                if !p.is_null() {
-                    on_alloc_owned(shard, p, size);
-                }
-                return p;
-            }
-        }
-        // SAFETY: as above.
-        unsafe { self.alloc_slow(layout, false) }
+        // SAFETY: the caller upholds `alloc`'s contract for `layout`.
+        unsafe { self.alloc_impl(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let size = layout.size();
-        if let Some(shard) = counters::exclusive() {
-            if !guard::is_active() && budget::admit_owned(shard, size) {
-                let p = {
-                    let _g = Guard::enter_idle();
-                    // SAFETY: the caller upholds `alloc_zeroed`'s contract.
-                    unsafe { self.inner.alloc_zeroed(layout) }
-                };
-                if !p.is_null() {
-                    on_alloc_owned(shard, p, size);
-                }
-                return p;
-            }
-        }
-        // SAFETY: as above.
-        unsafe { self.alloc_slow(layout, true) }
+        // SAFETY: the caller upholds `alloc_zeroed`'s contract for `layout`.
+        unsafe { self.alloc_impl(layout, true) }
     }
 
     #[inline]
@@ -360,6 +332,49 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
 }
 
 impl<A: GlobalAlloc> Tracker<A> {
+    /// `alloc` (or, if `zeroed`, `alloc_zeroed`): the fast path, else the
+    /// general one.
+    ///
+    /// # Safety
+    ///
+    /// `alloc`'s (or `alloc_zeroed`'s) contract for `layout`.
+    #[inline(always)]
+    unsafe fn alloc_impl(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let size = layout.size();
+        if let Some(shard) = counters::exclusive() {
+            if !guard::is_active() && budget::admit_owned(shard, size) {
+                let p = {
+                    let _g = Guard::enter_idle();
+                    // SAFETY: forwarded from this function's own contract.
+                    unsafe { self.inner_alloc(layout, zeroed) }
+                };
+                if !p.is_null() {
+                    on_alloc_owned(shard, p, size);
+                }
+                return p;
+            }
+        }
+        // SAFETY: as above.
+        unsafe { self.alloc_slow(layout, zeroed) }
+    }
+
+    /// The inner allocator's `alloc` or `alloc_zeroed`.
+    ///
+    /// # Safety
+    ///
+    /// `alloc`'s (or `alloc_zeroed`'s) contract for `layout`.
+    #[inline(always)]
+    unsafe fn inner_alloc(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded from this function's own contract.
+        unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        }
+    }
+
     /// The general path of `realloc`.
     ///
     /// # Safety
@@ -429,22 +444,16 @@ impl<A: GlobalAlloc> Tracker<A> {
         if !budget::admit(shard, size) {
             return std::ptr::null_mut();
         }
-        // SAFETY: forwarded from this function's own contract.
-        let inner = |layout| unsafe {
-            if zeroed {
-                self.inner.alloc_zeroed(layout)
-            } else {
-                self.inner.alloc(layout)
-            }
-        };
         if guard::is_active() {
-            let p = inner(layout);
+            // SAFETY: forwarded from this function's own contract.
+            let p = unsafe { self.inner_alloc(layout, zeroed) };
             overhead_alloc(shard, p, size);
             return p;
         }
         let p = {
             let _g = Guard::enter();
-            inner(layout)
+            // SAFETY: as above.
+            unsafe { self.inner_alloc(layout, zeroed) }
         };
         if p.is_null() {
             budget::cancel(shard, size);
