@@ -44,9 +44,7 @@ impl Guard {
         let prev = IN_HEAPWATCH.try_with(|g| g.replace(true)).unwrap_or(true);
         Guard { prev }
     }
-}
 
-impl Guard {
     /// Enters heapwatch on a thread known not to be inside it (the caller
     /// checked [`is_active`]): a plain store, nothing to read back.
     #[inline(always)]
