@@ -49,11 +49,16 @@ fn get(addr: SocketAddr, target: &str) -> Reply {
 /// (scripts/valgrind.sh sets it: there the first snapshot, which parses the
 /// binary's debug info to symbolize, takes minutes).
 fn read_timeout() -> Duration {
-    let secs = std::env::var("HEAPWATCH_TEST_TIMEOUT_SECS")
+    Duration::from_secs(env_u64("HEAPWATCH_TEST_TIMEOUT_SECS", 30))
+}
+
+/// The number in environment variable `name`, or `default` when it is unset
+/// or not a number (scripts/valgrind.sh sets the test's slow-mode knobs).
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    Duration::from_secs(secs)
+        .unwrap_or(default)
 }
 
 fn raw(addr: SocketAddr, request: &[u8]) -> Reply {
@@ -128,10 +133,7 @@ fn routes_history_diff_and_shutdown() {
     // 50 ms keeps the test short. Under valgrind (~50x slower) a snapshot
     // takes longer than that to build, so the history task would never let
     // a request through: scripts/valgrind.sh sets a slower interval.
-    let interval_ms: u64 = std::env::var("HEAPWATCH_TEST_HISTORY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let interval_ms = env_u64("HEAPWATCH_TEST_HISTORY_MS", 50);
     let server = ServerBuilder::new()
         .addr("127.0.0.1:0")
         .token(None)
