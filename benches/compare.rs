@@ -60,6 +60,7 @@ const CONFIGS: &[(&str, &str)] = &[
     ("hw_off", "heapwatch Off (totals+budget)"),
     ("hw_bytes", "heapwatch default (512 KiB sampling)"),
     ("hw_all", "heapwatch exact (backtrace)"),
+    ("hw_all_cfi", "heapwatch exact (CFI cache)"),
     ("hw_all_fp", "heapwatch exact (frame pointers)"),
 ];
 

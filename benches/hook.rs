@@ -272,6 +272,7 @@ fn capture(c: &mut Criterion) {
 fn exact_per_unwinder(g: &mut BenchmarkGroup<'_, WallTime>, l: Layout, prefix: &str) {
     for (unwinder, name) in [
         (Unwinder::Backtrace, "backtrace"),
+        (Unwinder::Cfi, "cfi"),
         (Unwinder::FramePointers, "frame_pointers"),
     ] {
         heapwatch::set_unwinder(unwinder);

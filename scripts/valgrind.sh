@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the exact-mode and server test binaries under valgrind (memcheck):
+# Runs the exact-mode, unwinder and server test binaries under valgrind
+# (memcheck):
 # any invalid read/write, use of uninitialised memory, bad free or
 # *definitely* lost block fails the run (exit 1).
 #
 #   scripts/valgrind.sh                # default tests
-#   scripts/valgrind.sh exact_callsites server_basic
+#   scripts/valgrind.sh exact_callsites unwinders server_basic
 #
 # Builds with `cargo test --no-run --message-format=json` and takes the
 # test executables from cargo's JSON (needs jq). Suppressions for one-time
@@ -28,7 +29,7 @@ cd "$here/.."
 
 tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
-    tests=(exact_callsites server_basic)
+    tests=(exact_callsites unwinders server_basic)
 fi
 
 command -v valgrind >/dev/null || { echo "valgrind.sh: valgrind is not installed" >&2; exit 2; }

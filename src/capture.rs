@@ -1,22 +1,30 @@
 //! Stack capture into a fixed-size buffer, from inside the allocator hook.
 //!
-//! Two unwinders stand behind one function, [`capture`]:
+//! Three unwinders stand behind one function, [`capture`]:
 //!
-//! - the `backtrace` crate's unsynchronized trace (the platform unwinder,
-//!   DWARF CFI: works on any build, ~200 ns a frame);
 //! - a frame-pointer walk (~a few ns a frame), usable only when the build
 //!   keeps frame pointers (`-C force-frame-pointers=yes`). Every step is
 //!   checked against the thread's stack bounds, so a build without frame
-//!   pointers cannot make it read outside the stack.
+//!   pointers cannot make it read outside the stack;
+//! - a DWARF CFI walk with a process-wide cache of unwind rules (x86-64
+//!   Linux, [`cfi`]): works on any build, ~10-20 ns a frame once the cache
+//!   is warm. A stack it cannot unwind (a signal frame, code without CFI) is
+//!   captured with the platform unwinder instead;
+//! - the `backtrace` crate's unsynchronized trace (the platform unwinder,
+//!   `_Unwind_Backtrace`: works everywhere, ~100-200 ns a frame).
 //!
 //! [`Unwinder::Auto`] (the default) decides once, on the first capture: it
-//! walks a known chain of heapwatch's own functions with both unwinders and
-//! uses frame pointers only if the walk finds the same return addresses as
-//! the platform unwinder. Otherwise it falls back to `backtrace`.
+//! walks a known chain of heapwatch's own functions with each fast unwinder
+//! and with the platform unwinder, and uses frame pointers if that walk
+//! finds the same return addresses, else the CFI walk if it does, else
+//! `backtrace`.
 //!
 //! Captured addresses are raw return addresses; they are symbolized later,
 //! outside the hook, and heapwatch's own frames and the standard library's
 //! allocation plumbing are trimmed then.
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod cfi;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::*};
@@ -35,23 +43,36 @@ const PLUMBING_FRAMES: usize = 10;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unwinder {
-    /// Frame pointers if a probe shows the build keeps them, else
-    /// `backtrace`.
+    /// Frame pointers if a probe shows the build keeps them, else the
+    /// cached CFI walk if the probe shows it works here, else `backtrace`.
     #[default]
     Auto,
-    /// The `backtrace` crate (platform unwinder): always works, slower.
+    /// The `backtrace` crate (platform unwinder): always works, slowest.
     Backtrace,
-    /// Frame pointers, if the probe shows the build keeps them; falls back
-    /// to `backtrace` if it does not (never a wrong walk).
+    /// Frame pointers, if the probe shows the build keeps them; otherwise
+    /// as [`Unwinder::Auto`] (never a wrong walk).
     FramePointers,
+    /// The DWARF CFI walk with cached rules (x86-64 Linux), even if the
+    /// build keeps frame pointers; `backtrace` where it is not available,
+    /// and for any stack it cannot unwind.
+    Cfi,
 }
 
-const RESOLVED_NONE: u8 = 0;
-const RESOLVED_BACKTRACE: u8 = 1;
-const RESOLVED_FP: u8 = 2;
+const REQ_AUTO: u8 = 0;
+const REQ_BACKTRACE: u8 = 1;
+const REQ_FP: u8 = 2;
+const REQ_CFI: u8 = 3;
 
-static REQUESTED: AtomicU8 = AtomicU8::new(0);
-static RESOLVED: AtomicU8 = AtomicU8::new(RESOLVED_NONE);
+/// A probe's verdict on a fast unwinder.
+const PROBE_UNKNOWN: u8 = 0;
+const PROBE_FAILED: u8 = 1;
+const PROBE_PASSED: u8 = 2;
+
+static REQUESTED: AtomicU8 = AtomicU8::new(REQ_AUTO);
+static FP_PROBE: AtomicU8 = AtomicU8::new(PROBE_UNKNOWN);
+static CFI_PROBE: AtomicU8 = AtomicU8::new(PROBE_UNKNOWN);
+/// Captures the CFI walk could not do, taken by `backtrace` instead.
+static CFI_FALLBACKS: AtomicUsize = AtomicUsize::new(0);
 static RAW_DEPTH: AtomicUsize = AtomicUsize::new(DEFAULT_DEPTH + PLUMBING_FRAMES);
 
 /// Sets depth and unwinder (from the tracker's builder or at run time).
@@ -88,44 +109,80 @@ pub fn set_unwinder(unwinder: Unwinder) {
 fn store_unwinder(unwinder: Unwinder) {
     REQUESTED.store(
         match unwinder {
-            Unwinder::Auto => 0,
-            Unwinder::Backtrace => 1,
-            Unwinder::FramePointers => 2,
+            Unwinder::Auto => REQ_AUTO,
+            Unwinder::Backtrace => REQ_BACKTRACE,
+            Unwinder::FramePointers => REQ_FP,
+            Unwinder::Cfi => REQ_CFI,
         },
         Relaxed,
     );
 }
 
-/// The unwinder in use: `"frame_pointers"` or `"backtrace"` (resolving
-/// [`Unwinder::Auto`] if no stack was captured yet).
+/// The unwinder in use: `"frame_pointers"`, `"cfi"` or `"backtrace"`
+/// (resolving [`Unwinder::Auto`] if no stack was captured yet).
 ///
 /// # Example
 ///
 /// ```
 /// let u = heapwatch::active_unwinder();
-/// assert!(u == "frame_pointers" || u == "backtrace");
+/// assert!(["frame_pointers", "cfi", "backtrace"].contains(&u));
 /// ```
 pub fn active_unwinder() -> &'static str {
-    if use_frame_pointers() {
-        "frame_pointers"
-    } else {
-        "backtrace"
+    match active() {
+        Active::FramePointers => "frame_pointers",
+        Active::Cfi => "cfi",
+        Active::Backtrace => "backtrace",
     }
 }
 
-fn use_frame_pointers() -> bool {
-    if REQUESTED.load(Relaxed) == 1 {
-        return false;
+/// Captures the CFI walk could not unwind, which were taken by the platform
+/// unwinder instead (signal frames, code without unwind information).
+pub(crate) fn cfi_fallbacks() -> usize {
+    CFI_FALLBACKS.load(Relaxed)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Active {
+    FramePointers,
+    Cfi,
+    Backtrace,
+}
+
+/// The unwinder to use now, running each probe the first time it matters.
+fn active() -> Active {
+    let requested = REQUESTED.load(Relaxed);
+    if requested == REQ_BACKTRACE {
+        return Active::Backtrace;
     }
-    match RESOLVED.load(Relaxed) {
-        RESOLVED_FP => true,
-        RESOLVED_BACKTRACE => false,
+    if requested != REQ_CFI && passes(&FP_PROBE, fp::walk) {
+        return Active::FramePointers;
+    }
+    if passes(&CFI_PROBE, cfi_walk) {
+        Active::Cfi
+    } else {
+        Active::Backtrace
+    }
+}
+
+/// Whether `walker` passed its probe (probing it on first use).
+fn passes(verdict: &AtomicU8, walker: fn(&mut [usize]) -> usize) -> bool {
+    match verdict.load(Relaxed) {
+        PROBE_PASSED => true,
+        PROBE_FAILED => false,
         _ => {
-            let ok = fp::probe();
-            RESOLVED.store(if ok { RESOLVED_FP } else { RESOLVED_BACKTRACE }, Relaxed);
+            let ok = probe::run(walker);
+            verdict.store(if ok { PROBE_PASSED } else { PROBE_FAILED }, Relaxed);
             ok
         }
     }
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+use cfi::walk as cfi_walk;
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+fn cfi_walk(_out: &mut [usize]) -> usize {
+    0
 }
 
 /// Captures the calling stack's return addresses into `out`; returns how
@@ -138,11 +195,21 @@ pub(crate) fn capture(out: &mut [usize; MAX_FRAMES]) -> usize {
         Some(o) => o,
         None => return 0,
     };
-    if use_frame_pointers() {
-        let n = fp::walk(out);
-        if n > 1 {
-            return n;
+    match active() {
+        Active::FramePointers => {
+            let n = fp::walk(out);
+            if n > 1 {
+                return n;
+            }
         }
+        Active::Cfi => {
+            let n = cfi_walk(out);
+            if n > 1 {
+                return n;
+            }
+            CFI_FALLBACKS.fetch_add(1, Relaxed);
+        }
+        Active::Backtrace => {}
     }
     backtrace_walk(out)
 }
@@ -274,23 +341,26 @@ mod fp {
     pub(super) fn walk(_out: &mut [usize]) -> usize {
         0
     }
+}
 
-    /// Whether the frame-pointer walk agrees with the platform unwinder on
-    /// a chain of heapwatch's own functions.
+mod probe {
+    /// Whether `walker` agrees with the platform unwinder on a chain of
+    /// heapwatch's own functions. `walker` writes return addresses from its
+    /// caller on, as `fp::walk` and `cfi::walk` do.
     #[inline(never)]
-    pub(super) fn probe() -> bool {
-        std::hint::black_box(probe_outer())
+    pub(super) fn run(walker: fn(&mut [usize]) -> usize) -> bool {
+        std::hint::black_box(outer(walker))
     }
 
     #[inline(never)]
-    fn probe_outer() -> bool {
-        std::hint::black_box(probe_inner())
+    fn outer(walker: fn(&mut [usize]) -> usize) -> bool {
+        std::hint::black_box(inner(walker))
     }
 
     #[inline(never)]
-    fn probe_inner() -> bool {
+    fn inner(walker: fn(&mut [usize]) -> usize) -> bool {
         let mut a = [0usize; super::MAX_FRAMES];
-        let na = walk(&mut a);
+        let na = walker(&mut a);
         let mut b = [0usize; 2 * super::MAX_FRAMES];
         let nb = super::backtrace_walk(&mut b);
         match (a.get(..na), b.get(..nb)) {
@@ -299,12 +369,12 @@ mod fp {
         }
     }
 
-    /// Whether the frame-pointer walk `a` taken in `probe_inner` matches
+    /// Whether the fast walk `a` taken in `inner` matches
     /// the platform unwinder's walk `b` taken in the same function:
     ///
-    /// - `a[0]` is the return address of the call to `walk`, so it must not
+    /// - `a[0]` is the return address of the call to the walker, so it must not
     ///   be in `b` but lie close to `b`'s return address of the call to
-    ///   `backtrace_walk` (both inside `probe_inner`). A walk that starts
+    ///   `backtrace_walk` (both inside `inner`). A walk that starts
     ///   late, because this code keeps no frame pointer while callers do,
     ///   fails here;
     /// - from there on both walks are the same frames, at least 3 of them,
@@ -352,26 +422,29 @@ mod tests {
         //     probe_outer (20), probe (30), caller (40), ...]
         let b = [5, 1000, 20, 30, 40, 50, 60];
         // a: [call of walk in probe_inner (1040), then the same frames].
-        assert!(fp::agrees(&[1040, 20, 30, 40, 50], &b));
+        assert!(probe::agrees(&[1040, 20, 30, 40, 50], &b));
         assert!(
-            fp::agrees(&[1040, 20, 30, 40, 50, 60, 70], &b),
+            probe::agrees(&[1040, 20, 30, 40, 50, 60, 70], &b),
             "b may end first"
         );
         assert!(
-            !fp::agrees(&[30, 40, 50, 60], &b),
+            !probe::agrees(&[30, 40, 50, 60], &b),
             "a walk that starts late"
         );
-        assert!(!fp::agrees(&[1040, 20, 40, 50, 60], &b), "a skipped frame");
         assert!(
-            !fp::agrees(&[1040, 20, 30, 99, 50], &b),
+            !probe::agrees(&[1040, 20, 40, 50, 60], &b),
+            "a skipped frame"
+        );
+        assert!(
+            !probe::agrees(&[1040, 20, 30, 99, 50], &b),
             "an invented frame"
         );
         assert!(
-            !fp::agrees(&[9000, 20, 30, 40], &b),
+            !probe::agrees(&[9000, 20, 30, 40], &b),
             "first frame not in probe_inner"
         );
-        assert!(!fp::agrees(&[1040, 20, 30], &b), "too short to tell");
-        assert!(!fp::agrees(&[], &b));
+        assert!(!probe::agrees(&[1040, 20, 30], &b), "too short to tell");
+        assert!(!probe::agrees(&[], &b));
     }
 
     #[test]
@@ -380,6 +453,6 @@ mod tests {
         let mut out = [0usize; MAX_FRAMES];
         let n = fp::walk(&mut out);
         assert!(n <= MAX_FRAMES);
-        let _ = fp::probe();
+        let _ = probe::run(fp::walk);
     }
 }

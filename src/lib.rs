@@ -81,8 +81,10 @@
 //! # Symbols
 //!
 //! Function names and lines need debug info: `[profile.release] debug = 1`.
-//! Build with `RUSTFLAGS="-C force-frame-pointers=yes"` for the fast
-//! frame-pointer unwinder.
+//! Stacks are walked with frame pointers when the build keeps them
+//! (`RUSTFLAGS="-C force-frame-pointers=yes"`), else, on x86-64 Linux, with
+//! cached DWARF CFI rules, else with the `backtrace` crate (see
+//! [`Unwinder`]).
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

@@ -12,7 +12,8 @@
 //!   "uptime_ms": 61000,           // since the tracker's first allocation
 //!   "mode": "bytes",              // "off" | "bytes" | "all"
 //!   "sample_interval_bytes": 524288, // null unless mode is "bytes"
-//!   "unwinder": "backtrace",      // or "frame_pointers"
+//!   "unwinder": "cfi",            // or "frame_pointers", "backtrace"
+//!   "unwinder_fallbacks": 0,      // captures the CFI walk left to backtrace
 //!   "totals": { Stats: live_bytes, live_blocks, peak_bytes, allocations,
 //!               frees, reallocs, allocated_bytes, freed_bytes, budget_bytes,
 //!               budget_denials, budget_overages, overhead_bytes,
@@ -78,8 +79,13 @@ pub struct Snapshot {
     pub mode: String,
     /// The mean sampling interval when `mode` is `"bytes"`.
     pub sample_interval_bytes: Option<u64>,
-    /// `"frame_pointers"` or `"backtrace"`.
+    /// `"frame_pointers"`, `"cfi"` or `"backtrace"`.
     pub unwinder: String,
+    /// Stacks the CFI unwinder could not walk (signal frames, code without
+    /// unwind information), captured by `backtrace` instead. Absent (0) in
+    /// files from builds before it existed.
+    #[serde(default)]
+    pub unwinder_fallbacks: u64,
     /// Exact process-wide totals.
     pub totals: Stats,
     /// Per-callsite figures, by default largest live bytes first.
@@ -269,6 +275,7 @@ pub fn snapshot() -> Snapshot {
             _ => None,
         },
         unwinder: crate::capture::active_unwinder().to_string(),
+        unwinder_fallbacks: crate::capture::cfi_fallbacks() as u64,
         totals,
         callsites: merged,
         unattributed: callsites::unattributed(),

@@ -160,6 +160,12 @@ pub fn render_prometheus(snapshot: &Snapshot, budget: &BudgetStatus, out: &mut S
     );
     o.single("heapwatch_frees_total", Counter, "dealloc calls.", t.frees);
     o.single(
+        "heapwatch_unwinder_fallbacks_total",
+        Counter,
+        "Stacks the CFI unwinder could not walk, captured by backtrace instead.",
+        snapshot.unwinder_fallbacks,
+    );
+    o.single(
         "heapwatch_reallocs_total",
         Counter,
         "Successful realloc calls.",
