@@ -668,6 +668,21 @@ pub(crate) fn consume_owned(shard: &Shard, size: usize) {
     shard.credit.store(c, Relaxed);
 }
 
+/// [`release`] for the calling thread's own leased shard on the hook's
+/// fast path: gives the bytes back as credit and returns true, unless that
+/// would leave the shard holding more than it may keep; then it changes
+/// nothing and returns false, and the caller takes the general path
+/// ([`release`]), which hands the surplus back to the pool.
+#[inline(always)]
+pub(crate) fn release_owned_fast(shard: &Shard, size: usize) -> bool {
+    let c = shard.credit.load(Relaxed).wrapping_add(size as i64);
+    if c > 2 * CHUNK_BYTES as i64 {
+        return false;
+    }
+    shard.credit.store(c, Relaxed);
+    true
+}
+
 /// [`release`] for the calling thread's own leased shard.
 #[inline(always)]
 pub(crate) fn release_owned(shard: &Shard, size: usize) {

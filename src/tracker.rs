@@ -266,26 +266,30 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let size = layout.size();
-        match counters::exclusive() {
-            Some(shard) if !guard::is_active() => {
-                if let Some(rec) = take_record(ptr) {
-                    callsites::record_free(&rec);
+        // The fast path makes no call but the last one, the inner `dealloc`:
+        // with nothing to do after it, it compiles to a jump, and the path
+        // needs no stack frame. Anything else (a sampled block, a credit
+        // surplus to hand back, heapwatch's own blocks, the shared shard)
+        // goes to `dealloc_slow`, also as a tail call.
+        if let Some(shard) = counters::exclusive() {
+            if !guard::is_active() && !callsites::maybe_sampled(ptr as usize) {
+                let size = layout.size();
+                if budget::release_owned_fast(shard, size) {
+                    shard.add_owned(&shard.frees, 1);
+                    shard.add_owned(&shard.freed_bytes, size as u64);
+                    // No guard around the inner `dealloc` (unlike `alloc`):
+                    // freeing does not allocate in jemalloc, System or dhat.
+                    // An inner allocator that did allocate while freeing
+                    // would have that block counted as the program's, not
+                    // as overhead.
+                    // SAFETY: the caller guarantees `ptr` was allocated by
+                    // this allocator (hence by `A`) with `layout`.
+                    return unsafe { self.inner.dealloc(ptr, layout) };
                 }
-                shard.add_owned(&shard.frees, 1);
-                shard.add_owned(&shard.freed_bytes, size as u64);
-                budget::release_owned(shard, size);
             }
-            _ => on_dealloc_slow(ptr, size),
         }
-        // No guard around the inner `dealloc` (unlike `alloc`): freeing does
-        // not allocate in jemalloc, System or dhat, and without a guard to
-        // restore afterwards this is a tail call. An inner allocator that
-        // did allocate while freeing would have that block counted as the
-        // program's, not as overhead.
-        // SAFETY: the caller guarantees `ptr` was allocated by this
-        // allocator (hence by `A`) with `layout`.
-        unsafe { self.inner.dealloc(ptr, layout) }
+        // SAFETY: as above.
+        unsafe { self.dealloc_slow(ptr, layout) }
     }
 
     #[inline]
@@ -373,6 +377,20 @@ impl<A: GlobalAlloc> Tracker<A> {
                 self.inner.alloc(layout)
             }
         }
+    }
+
+    /// The general path of `dealloc`: the bookkeeping, then the inner
+    /// `dealloc` (no guard around it, as on the fast path).
+    ///
+    /// # Safety
+    ///
+    /// `dealloc`'s contract for `ptr` and `layout`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout) {
+        on_dealloc_slow(ptr, layout.size());
+        // SAFETY: forwarded from this function's own contract.
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     /// The general path of `realloc`.

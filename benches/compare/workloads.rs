@@ -32,6 +32,7 @@ fn lcg(state: &mut u64) -> u64 {
 
 /// A tight loop of small allocations (8..=256 bytes) kept in a ring of
 /// 1,024 slots: each new block replaces (frees) a random older one.
+#[inline(never)] // a symbol of its own, for scripts/instructions_whole.sh
 fn small_loop(seed: u64, ops: usize) -> u64 {
     let mut rng = seed;
     let mut ring: Vec<Option<Vec<u8>>> = (0..1024).map(|_| None).collect();
@@ -56,6 +57,7 @@ fn threads() -> u64 {
 }
 
 /// App-like: hash maps of strings, JSON serialize and parse, sorting.
+#[inline(never)] // a symbol of its own, for scripts/instructions_whole.sh
 fn mixed(rounds: usize) -> u64 {
     let mut rng = 42u64;
     let mut total = 0u64;
@@ -98,6 +100,7 @@ fn mixed(rounds: usize) -> u64 {
 
 /// Large buffers grown by appending 4 KiB chunks (realloc growth) to 32 MiB,
 /// four live at once.
+#[inline(never)] // a symbol of its own, for scripts/instructions_whole.sh
 fn large(rounds: usize) -> u64 {
     let mut sum = 0u64;
     for r in 0..rounds {
