@@ -120,20 +120,50 @@ static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
 /// Threads that found every shard leased and fell back to the shared one.
 static LEASE_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
 
-/// `CURRENT` before the thread's first allocation.
-const NO_SHARD: usize = 0;
-/// `CURRENT` of a thread that uses the shared shard (every shard was
-/// leased, or its thread-locals are being torn down).
-const SHARED_SHARD: usize = 1;
+/// Bit 0 of a thread's word ([`word`]): the thread is inside heapwatch (the
+/// reentrancy guard, see `guard`). Every write of the word keeps it.
+pub(crate) const GUARD_BIT: usize = 1;
+/// The word's shard part before the thread's first allocation.
+const NO_SHARD: usize = 2;
+/// The word's shard part for a thread that uses the shared shard (every
+/// shard was leased, or its thread-locals are being torn down).
+const SHARED_SHARD: usize = 4;
+/// Bits that are zero in a shard's address (shards are 128-byte aligned)
+/// and hold the guard bit and the two markers in the word.
+const TAG_BITS: usize = 127;
+const _: () = assert!(std::mem::align_of::<Shard>() > TAG_BITS);
 
 thread_local! {
-    /// This thread's shard: `NO_SHARD`, `SHARED_SHARD`, or the address of
-    /// its exclusively leased shard in `SHARD_ARRAY`. One compare tells the
-    /// hook's fast path (an exclusive shard) from everything else. No
-    /// destructor.
+    /// This thread's word: its shard (`NO_SHARD`, `SHARED_SHARD`, or the
+    /// address of its exclusively leased shard in `SHARD_ARRAY`) with the
+    /// reentrancy guard in bit 0. A word with no tag bit set is the hook's
+    /// fast path (a shard of its own, not inside heapwatch): one load and
+    /// one test. No destructor.
     static CURRENT: Cell<usize> = const { Cell::new(NO_SHARD) };
     /// Returns the lease when the thread's thread-locals are torn down.
     static LEASE: Lease = const { Lease(Cell::new(ptr::null())) };
+}
+
+/// The calling thread's word (see `CURRENT`). A thread whose thread-locals
+/// cannot be reached reads as on the shared shard, inside heapwatch.
+#[inline(always)]
+pub(crate) fn word() -> usize {
+    CURRENT
+        .try_with(Cell::get)
+        .unwrap_or(SHARED_SHARD | GUARD_BIT)
+}
+
+/// Sets the calling thread's word (see `CURRENT`).
+#[inline(always)]
+pub(crate) fn set_word(w: usize) {
+    let _ = CURRENT.try_with(|c| c.set(w));
+}
+
+/// Sets the shard part of the calling thread's word, keeping its guard bit.
+fn set_shard_part(part: usize) -> bool {
+    CURRENT
+        .try_with(|c| c.set(part | (c.get() & GUARD_BIT)))
+        .is_ok()
 }
 
 struct Lease(Cell<*const Shard>);
@@ -145,7 +175,7 @@ impl Drop for Lease {
             return;
         }
         // Whatever this thread allocates from now on goes to the shared shard.
-        let _ = CURRENT.try_with(|c| c.set(SHARED_SHARD));
+        set_shard_part(SHARED_SHARD);
         // SAFETY: `p` was set by `lease_slow` to an element of the static
         // `SHARD_ARRAY`, which lives for the whole program.
         let shard = unsafe { &*p };
@@ -154,16 +184,32 @@ impl Drop for Lease {
     }
 }
 
-/// The calling thread's exclusively leased shard, if it has one: the hook's
-/// fast path. `None` before the thread's first allocation and for threads
-/// on the shared shard. Never allocates, never panics.
+/// The hook's fast path: the calling thread's exclusively leased shard, if
+/// it has one and is not inside heapwatch (one thread-local load, one
+/// test). `None` before the thread's first allocation, for threads on the
+/// shared shard, and under the reentrancy guard. Never allocates, never
+/// panics.
 #[inline(always)]
-pub(crate) fn exclusive() -> Option<&'static Shard> {
-    let p = CURRENT.try_with(Cell::get).unwrap_or(SHARED_SHARD);
-    if p > SHARED_SHARD {
-        // SAFETY: a `CURRENT` other than the two markers is the address of
-        // an element of the static `SHARD_ARRAY` (set by `lease_slow`).
-        Some(unsafe { &*(p as *const Shard) })
+pub(crate) fn fast() -> Option<&'static Shard> {
+    let w = word();
+    if w & TAG_BITS == 0 {
+        // SAFETY: a word with no tag bit set is the address of an element
+        // of the static `SHARD_ARRAY`: the markers and the guard bit are
+        // all tag bits, and only `lease_slow` stores an address (shards are
+        // 128-byte aligned, so an address has no tag bit).
+        Some(unsafe { &*(w as *const Shard) })
+    } else {
+        None
+    }
+}
+
+/// The calling thread's exclusively leased shard, if it has one, whether
+/// or not it is inside heapwatch.
+pub(crate) fn own() -> Option<&'static Shard> {
+    let w = word() & !GUARD_BIT;
+    if w & TAG_BITS == 0 {
+        // SAFETY: as in `fast`.
+        Some(unsafe { &*(w as *const Shard) })
     } else {
         None
     }
@@ -173,10 +219,11 @@ pub(crate) fn exclusive() -> Option<&'static Shard> {
 /// through the global allocator, never panics.
 #[inline]
 pub(crate) fn current() -> &'static Shard {
-    match CURRENT.try_with(Cell::get).unwrap_or(SHARED_SHARD) {
+    match word() & !GUARD_BIT {
         NO_SHARD => lease_slow(),
         SHARED_SHARD => &SHARED,
-        // SAFETY: as in `exclusive`.
+        // SAFETY: as in `fast`: with the guard bit cleared, a word other
+        // than the two markers is a shard's address.
         p => unsafe { &*(p as *const Shard) },
     }
 }
@@ -203,10 +250,7 @@ fn lease_slow() -> &'static Shard {
             // Publish the shard before registering the lease: if registering
             // the destructor allocates, that nested allocation finds the
             // shard already set and does not come back here.
-            if CURRENT
-                .try_with(|c| c.set(shard as *const Shard as usize))
-                .is_err()
-            {
+            if !set_shard_part(shard as *const Shard as usize) {
                 shard.leased.store(false, Release);
                 return &SHARED;
             }
@@ -214,7 +258,7 @@ fn lease_slow() -> &'static Shard {
             // teardown it is no longer reachable: hand the shard back and use
             // the shared one for the rest of the thread.
             if LEASE.try_with(|l| l.0.set(shard)).is_err() {
-                let _ = CURRENT.try_with(|c| c.set(SHARED_SHARD));
+                set_shard_part(SHARED_SHARD);
                 shard.leased.store(false, Release);
                 return &SHARED;
             }
@@ -222,7 +266,7 @@ fn lease_slow() -> &'static Shard {
         }
     }
     LEASE_OVERFLOWS.fetch_add(1, Relaxed);
-    let _ = CURRENT.try_with(|c| c.set(SHARED_SHARD));
+    set_shard_part(SHARED_SHARD);
     &SHARED
 }
 

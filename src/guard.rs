@@ -1,10 +1,13 @@
 //! The reentrancy guard.
 //!
-//! One `const`-initialised thread-local `Cell<bool>` with no destructor, so it
-//! can be read at any point of a thread's life, thread-local teardown
-//! included. While it is set on a thread, every allocation that thread makes
-//! goes straight to the inner allocator and is counted as heapwatch's own
-//! overhead, not as the program's. It is set:
+//! Bit 0 of the thread's word (`counters::word`: a `const`-initialised
+//! thread-local `Cell<usize>` with no destructor, so it can be read at any
+//! point of a thread's life, thread-local teardown included). The same word
+//! names the thread's counter shard, so the hook's fast path tests "own
+//! shard, not inside heapwatch" with one load. While the bit is set on a
+//! thread, every allocation that thread makes goes straight to the inner
+//! allocator and is counted as heapwatch's own overhead, not as the
+//! program's. It is set:
 //!
 //! - around every inner `alloc`, `alloc_zeroed` and `realloc` call from the
 //!   hook, so an inner allocator that allocates through the global
@@ -18,18 +21,14 @@
 //! The RAII [`Guard`] restores the previous value on drop, so it nests and is
 //! panic-safe.
 
-use std::cell::Cell;
-
-thread_local! {
-    static IN_HEAPWATCH: Cell<bool> = const { Cell::new(false) };
-}
+use crate::counters::{self, Shard, GUARD_BIT};
 
 /// Whether the current thread is inside heapwatch (or inside the inner
 /// allocator called from the hook). Never panics; a thread whose
 /// thread-locals cannot be reached counts as inside.
 #[inline(always)]
 pub(crate) fn is_active() -> bool {
-    IN_HEAPWATCH.try_with(Cell::get).unwrap_or(true)
+    counters::word() & GUARD_BIT != 0
 }
 
 /// Sets the guard for its lifetime and restores the previous state on drop.
@@ -41,24 +40,47 @@ impl Guard {
     /// Enters heapwatch on this thread.
     #[inline(always)]
     pub(crate) fn enter() -> Guard {
-        let prev = IN_HEAPWATCH.try_with(|g| g.replace(true)).unwrap_or(true);
-        Guard { prev }
+        let w = counters::word();
+        counters::set_word(w | GUARD_BIT);
+        Guard {
+            prev: w & GUARD_BIT != 0,
+        }
     }
 
-    /// Enters heapwatch on a thread known not to be inside it (the caller
-    /// checked [`is_active`]): a plain store, nothing to read back.
+    /// Enters heapwatch on the hook's fast path, where the thread's word is
+    /// `shard`'s address with no guard bit (`counters::fast` said so): a
+    /// plain store, and a plain store of the same word back on drop.
     #[inline(always)]
-    pub(crate) fn enter_idle() -> Guard {
-        let _ = IN_HEAPWATCH.try_with(|g| g.set(true));
-        Guard { prev: false }
+    pub(crate) fn enter_fast(shard: &'static Shard) -> FastGuard {
+        let w = shard as *const Shard as usize;
+        counters::set_word(w | GUARD_BIT);
+        FastGuard(w)
     }
 }
 
 impl Drop for Guard {
     #[inline(always)]
     fn drop(&mut self) {
-        let prev = self.prev;
-        let _ = IN_HEAPWATCH.try_with(|g| g.set(prev));
+        // Read the word again: the thread may have leased a shard meanwhile.
+        let w = counters::word();
+        counters::set_word(if self.prev {
+            w | GUARD_BIT
+        } else {
+            w & !GUARD_BIT
+        });
+    }
+}
+
+/// [`Guard::enter_fast`]'s guard: restores the word it was entered with.
+/// Nothing inside it can change the thread's shard (a thread that has one
+/// keeps it until its thread-locals are torn down, which cannot happen
+/// during one of its allocations).
+pub(crate) struct FastGuard(usize);
+
+impl Drop for FastGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        counters::set_word(self.0);
     }
 }
 

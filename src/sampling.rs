@@ -153,7 +153,7 @@ pub fn set_sampling_seed(seed: u64) {
     GENERATION.fetch_add(1, Relaxed);
     // Without this, the calling thread would reseed only once its old
     // countdown ran out, at a point that depends on the old random state.
-    if let Some(shard) = counters::exclusive() {
+    if let Some(shard) = counters::own() {
         shard.countdown.store(0, Relaxed);
     }
 }

@@ -236,8 +236,9 @@ fn take_record_slow(ptr: *mut u8) -> Option<Record> {
 // The hook has two paths.
 //
 // The fast path is taken when the calling thread has leased a shard of its
-// own (`counters::exclusive`, one thread-local load and compare), is not
-// inside heapwatch (the reentrancy guard), and, for allocations, its budget
+// own and is not inside heapwatch (`counters::fast`: the shard and the
+// reentrancy guard share one thread-local word, so this is one load and one
+// test), and, for allocations, its budget
 // credit covers the block. It updates the shard with plain loads and stores,
 // decides sampling with the countdown alone, and calls the inner allocator
 // once.
@@ -271,8 +272,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
         // needs no stack frame. Anything else (a sampled block, a credit
         // surplus to hand back, heapwatch's own blocks, the shared shard)
         // goes to `dealloc_slow`, also as a tail call.
-        if let Some(shard) = counters::exclusive() {
-            if !guard::is_active() && !callsites::maybe_sampled(ptr as usize) {
+        if let Some(shard) = counters::fast() {
+            if !callsites::maybe_sampled(ptr as usize) {
                 let size = layout.size();
                 if budget::release_owned_fast(shard, size) {
                     shard.add_owned(&shard.frees, 1);
@@ -296,11 +297,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old_size = layout.size();
         let growth = new_size.saturating_sub(old_size);
-        if let Some(shard) = counters::exclusive() {
-            if !guard::is_active() && budget::admit_owned(shard, growth) {
+        if let Some(shard) = counters::fast() {
+            if budget::admit_owned(shard, growth) {
                 let rec = take_record(ptr);
                 let p = {
-                    let _g = Guard::enter_idle();
+                    let _g = Guard::enter_fast(shard);
                     // SAFETY: the caller upholds `realloc`'s contract: `ptr`
                     // came from this allocator with `layout`, `new_size` is
                     // valid for it.
@@ -345,10 +346,10 @@ impl<A: GlobalAlloc> Tracker<A> {
     #[inline(always)]
     unsafe fn alloc_impl(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let size = layout.size();
-        if let Some(shard) = counters::exclusive() {
-            if !guard::is_active() && budget::admit_owned(shard, size) {
+        if let Some(shard) = counters::fast() {
+            if budget::admit_owned(shard, size) {
                 let p = {
-                    let _g = Guard::enter_idle();
+                    let _g = Guard::enter_fast(shard);
                     // SAFETY: forwarded from this function's own contract.
                     unsafe { self.inner_alloc(layout, zeroed) }
                 };
