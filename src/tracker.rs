@@ -238,16 +238,20 @@ fn take_record_slow(ptr: *mut u8) -> Option<Record> {
 // The fast path is taken when the calling thread has leased a shard of its
 // own and is not inside heapwatch (`counters::fast`: the shard and the
 // reentrancy guard share one thread-local word, so this is one load and one
-// test), and, for allocations, its budget
-// credit covers the block. It updates the shard with plain loads and stores,
-// decides sampling with the countdown alone, and calls the inner allocator
-// once.
+// test); for `alloc` and a growing `realloc`, when its budget credit covers
+// the new bytes; for `dealloc` and `realloc`, when the block was not sampled
+// (one load of the free filter); and for `dealloc`, when the credit it gives
+// back leaves no surplus to hand to the pool. It updates the shard with
+// plain loads and stores, decides sampling with the countdown alone, and
+// calls the inner allocator once (`dealloc` as a tail call, with no stack
+// frame of its own).
 //
 // Everything else takes the general path (`*_slow`, out of line): the
 // thread's first allocation (which applies the tracker's configuration and
 // leases a shard), threads on the shared shard, heapwatch's own allocations
-// (counted as overhead), and allocations that need budget credit (which may
-// be refused). Both paths count exactly the same figures.
+// (counted as overhead), allocations that need budget credit (which may be
+// refused), and sampled blocks (whose records move or go). Both paths count
+// exactly the same figures.
 
 // SAFETY: every method forwards to `A` with the caller's arguments unchanged
 // and returns what `A` returned, so `A`'s `GlobalAlloc` contract carries
@@ -296,10 +300,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old_size = layout.size();
-        let growth = new_size.saturating_sub(old_size);
         if let Some(shard) = counters::fast() {
-            if budget::admit_owned(shard, growth) {
-                let rec = take_record(ptr);
+            let growth = new_size.saturating_sub(old_size);
+            // A sampled block's record must move with it: the general path.
+            if budget::admit_owned(shard, growth) && !callsites::maybe_sampled(ptr as usize) {
                 let p = {
                     let _g = Guard::enter_fast(shard);
                     // SAFETY: the caller upholds `realloc`'s contract: `ptr`
@@ -307,26 +311,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
                     // valid for it.
                     unsafe { self.inner.realloc(ptr, layout, new_size) }
                 };
-                if p.is_null() {
-                    // The old block is still live and still counted as it was.
-                    if let Some(rec) = rec {
-                        callsites::put_back(ptr as usize, rec);
-                    }
-                    return p;
-                }
-                if growth > 0 {
-                    budget::consume_owned(shard, growth);
-                } else {
-                    budget::release_owned(shard, old_size - new_size);
-                }
-                if let Some(rec) = rec {
-                    callsites::record_free(&rec);
-                }
-                shard.add_owned(&shard.reallocs, 1);
-                shard.add_owned(&shard.alloc_bytes, new_size as u64);
-                shard.add_owned(&shard.freed_bytes, old_size as u64);
-                if let Some(weight) = sampling::should_sample(shard, new_size) {
-                    record_sampled(p, new_size, weight);
+                // A failed realloc leaves the old block counted as it was.
+                if !p.is_null() {
+                    on_realloc_owned(shard, p, old_size, new_size);
                 }
                 return p;
             }
@@ -492,6 +479,23 @@ fn on_alloc_owned(shard: &Shard, ptr: *mut u8, size: usize) {
     shard.add_owned(&shard.alloc_bytes, size as u64);
     if let Some(weight) = sampling::should_sample(shard, size) {
         record_sampled(ptr, size, weight);
+    }
+}
+
+/// Counts a successful fast-path reallocation of an unsampled block on the
+/// calling thread's own shard, and samples the new block.
+#[inline(always)]
+fn on_realloc_owned(shard: &Shard, p: *mut u8, old_size: usize, new_size: usize) {
+    if new_size > old_size {
+        budget::consume_owned(shard, new_size - old_size);
+    } else {
+        budget::release_owned(shard, old_size - new_size);
+    }
+    shard.add_owned(&shard.reallocs, 1);
+    shard.add_owned(&shard.alloc_bytes, new_size as u64);
+    shard.add_owned(&shard.freed_bytes, old_size as u64);
+    if let Some(weight) = sampling::should_sample(shard, new_size) {
+        record_sampled(p, new_size, weight);
     }
 }
 

@@ -101,3 +101,37 @@ fn exact_mode_attributes_to_the_right_functions() {
     assert_eq!(back, after);
     drop((small, large));
 }
+
+/// Grows one vector by reallocation, from 16 bytes to at least 100,000.
+#[inline(never)]
+fn grow_by_realloc() -> Vec<u8> {
+    let mut v: Vec<u8> = Vec::with_capacity(16);
+    for i in 0..100_000u32 {
+        v.push(black_box(i as u8));
+    }
+    v
+}
+
+#[test]
+fn reallocation_moves_the_sampled_block() {
+    let v = grow_by_realloc();
+    let snap = heapwatch::snapshot();
+    let sites = site(&snap, "grow_by_realloc");
+    assert!(!sites.is_empty());
+    // Whatever line each step is attributed to, the function holds exactly
+    // one live block now, of the vector's capacity: every reallocation
+    // took the old block's record out and recorded the new one.
+    let live_blocks: u64 = sites.iter().map(|c| c.live_blocks).sum();
+    let live_bytes: u64 = sites.iter().map(|c| c.live_bytes).sum();
+    assert_eq!(
+        (live_blocks, live_bytes),
+        (1, v.capacity() as u64),
+        "{sites:#?}"
+    );
+    // Each growth is counted: an allocation, then reallocations, each
+    // freeing the previous size.
+    let allocated: u64 = sites.iter().map(|c| c.allocations).sum();
+    let freed: u64 = sites.iter().map(|c| c.frees).sum();
+    assert!(allocated >= 2 && freed == allocated - 1, "{sites:#?}");
+    drop(v);
+}
