@@ -728,6 +728,7 @@ pub(crate) fn static_table_bytes() -> usize {
         + crate::counters::SHARDS * 256
         + std::mem::size_of_val(sites())
         + std::mem::size_of_val(records())
+        + crate::capture::static_bytes()
 }
 
 #[cfg(test)]

@@ -141,6 +141,19 @@ pub(crate) fn cfi_fallbacks() -> usize {
     CFI_FALLBACKS.load(Relaxed)
 }
 
+/// Bytes of the unwinders' static tables (the CFI rule cache), for
+/// `overhead_bytes`.
+pub(crate) fn static_bytes() -> usize {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        cfi::CACHE_SLOTS * 16
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        0
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Active {
     FramePointers,

@@ -357,10 +357,7 @@ impl Snapshot {
         // The fastest level, as Go's runtime/pprof writes its profiles:
         // a profile is fetched often and read once, and the default level
         // spent most of a `/debug/pprof/heap` request compressing.
-        let mut gz = GzEncoder::new(
-            Vec::with_capacity(raw.len() / 2 + 64),
-            Compression::fast(),
-        );
+        let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 2 + 64), Compression::fast());
         // The encoder's only source of errors is its writer, and writing to a
         // `Vec<u8>` never fails. Were it to, the plain protobuf is still a
         // profile every pprof reader accepts (they gunzip only when they see
