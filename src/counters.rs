@@ -88,7 +88,7 @@ impl Shard {
     }
 
     /// Adds `v` to a counter of a shard the calling thread has leased
-    /// (`counters::exclusive`): a plain load and store, no atomic RMW.
+    /// (`counters::fast`): a plain load and store, no atomic RMW.
     #[inline(always)]
     pub(crate) fn add_owned(&self, c: &AtomicU64, v: u64) {
         debug_assert!(self.exclusive);
@@ -191,24 +191,23 @@ impl Drop for Lease {
 /// panics.
 #[inline(always)]
 pub(crate) fn fast() -> Option<&'static Shard> {
-    let w = word();
-    if w & TAG_BITS == 0 {
-        // SAFETY: a word with no tag bit set is the address of an element
-        // of the static `SHARD_ARRAY`: the markers and the guard bit are
-        // all tag bits, and only `lease_slow` stores an address (shards are
-        // 128-byte aligned, so an address has no tag bit).
-        Some(unsafe { &*(w as *const Shard) })
-    } else {
-        None
-    }
+    leased(word())
 }
 
 /// The calling thread's exclusively leased shard, if it has one, whether
 /// or not it is inside heapwatch.
 pub(crate) fn own() -> Option<&'static Shard> {
-    let w = word() & !GUARD_BIT;
+    leased(word() & !GUARD_BIT)
+}
+
+/// The shard a word names, if the word has no tag bit set.
+#[inline(always)]
+fn leased(w: usize) -> Option<&'static Shard> {
     if w & TAG_BITS == 0 {
-        // SAFETY: as in `fast`.
+        // SAFETY: a word with no tag bit set is the address of an element
+        // of the static `SHARD_ARRAY`: the markers and the guard bit are
+        // all tag bits, and only `lease_slow` stores an address (shards are
+        // 128-byte aligned, so an address has no tag bit).
         Some(unsafe { &*(w as *const Shard) })
     } else {
         None
@@ -222,7 +221,7 @@ pub(crate) fn current() -> &'static Shard {
     match word() & !GUARD_BIT {
         NO_SHARD => lease_slow(),
         SHARED_SHARD => &SHARED,
-        // SAFETY: as in `fast`: with the guard bit cleared, a word other
+        // SAFETY: as in `leased`: with the guard bit cleared, a word other
         // than the two markers is a shard's address.
         p => unsafe { &*(p as *const Shard) },
     }
