@@ -140,9 +140,46 @@ struct Search {
     rule: Option<Rule>,
 }
 
+/// Set in a child process after `fork`: another thread of the parent may
+/// have held the loader's lock at the fork, and `dl_iterate_phdr` would
+/// then wait for it forever. In a child, a cache miss ends the walk as a
+/// failure (the capture falls back to `backtrace`, whose libgcc unwinder
+/// finds objects with the lock-free `_dl_find_object`); cached rules still
+/// serve.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is a `fork` child (see `FORKED`): capture then uses
+/// `backtrace` for every stack, so that a child's callsites are all walked
+/// one way.
+pub(super) fn in_forked_child() -> bool {
+    FORKED.load(Relaxed)
+}
+
+extern "C" fn on_fork_child() {
+    FORKED.store(true, Relaxed);
+}
+
+/// Registers the `fork` child handler (once, from the tracker's set-up,
+/// before any walk can take the loader's lock).
+pub(super) fn register_fork_handler() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, Relaxed) {
+        return;
+    }
+    // SAFETY: registers a plain `extern "C"` function with no arguments;
+    // glibc allocates the registration with its own `malloc`, never through
+    // Rust's global allocator.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(on_fork_child));
+    }
+}
+
 /// Looks `address` up in the loaded objects' `.eh_frame` (see the module
 /// docs).
 fn rule_from_cfi(address: usize) -> Option<Rule> {
+    if FORKED.load(Relaxed) {
+        return None;
+    }
     let mut search = Search {
         address,
         rule: None,
