@@ -7,9 +7,10 @@
 //!   checked against the thread's stack bounds, so a build without frame
 //!   pointers cannot make it read outside the stack;
 //! - a DWARF CFI walk with a process-wide cache of unwind rules (x86-64
-//!   Linux, [`cfi`], opt-in with `Unwinder::Cfi`): works on any build, ~10-20 ns a frame once the cache
+//!   Linux, [`cfi`]): works on any build, ~10-20 ns a frame once the cache
 //!   is warm. A stack it cannot unwind (a signal frame, code without CFI) is
-//!   captured with the platform unwinder instead;
+//!   captured with the platform unwinder instead, and so is every stack in
+//!   a `fork` child (which must not call `dl_iterate_phdr`);
 //! - the `backtrace` crate's unsynchronized trace (the platform unwinder,
 //!   `_Unwind_Backtrace`: works everywhere, ~100-200 ns a frame).
 //!
@@ -21,7 +22,10 @@
 //!
 //! Captured addresses are raw return addresses; they are symbolized later,
 //! outside the hook, and heapwatch's own frames and the standard library's
-//! allocation plumbing are trimmed then.
+//! allocation plumbing are trimmed then. Symbolization also cuts every
+//! stack to the configured depth below the plumbing ([`user_depth`]), so
+//! that captures of one callsite through paths of different lengths inside
+//! heapwatch (or by two unwinders, as in a `fork` child) show as one.
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod cfi;
@@ -43,9 +47,8 @@ const PLUMBING_FRAMES: usize = 10;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unwinder {
-    /// Frame pointers if a probe shows the build keeps them, else
-    /// `backtrace`. (It does not pick the CFI walk yet: see
-    /// [`Unwinder::Cfi`].)
+    /// Frame pointers if a probe shows the build keeps them, else the CFI
+    /// walk if its probe passes (x86-64 Linux), else `backtrace`.
     #[default]
     Auto,
     /// The `backtrace` crate (platform unwinder): always works, slowest.
@@ -55,9 +58,7 @@ pub enum Unwinder {
     FramePointers,
     /// The DWARF CFI walk with cached rules (x86-64 Linux), even if the
     /// build keeps frame pointers; `backtrace` where it is not available,
-    /// for any stack it cannot unwind, and in a `fork` child. Opt-in for
-    /// now: in a child forked while other threads allocate, callsites can
-    /// go missing with it (a known bug, being fixed).
+    /// for any stack it cannot unwind, and in a `fork` child.
     Cfi,
 }
 
@@ -89,6 +90,19 @@ pub(crate) fn configure(depth: usize, unwinder: Unwinder) {
     if !EXPLICIT_UNWINDER.load(Relaxed) {
         store_unwinder(unwinder);
     }
+}
+
+/// How many user frames a callsite keeps: the raw depth less the frames
+/// allowed for heapwatch and the allocation plumbing. Symbolization cuts
+/// every stack to this many frames below its plumbing, so two captures of
+/// one callsite that went through different paths inside heapwatch (a
+/// fast and a slow path have different numbers of frames, and the raw
+/// capture is cut at a fixed depth) still show the same frames.
+pub(crate) fn user_depth() -> usize {
+    RAW_DEPTH
+        .load(Relaxed)
+        .saturating_sub(PLUMBING_FRAMES)
+        .max(1)
 }
 
 /// Set by [`set_unwinder`]: a choice made at run time wins over the
@@ -175,10 +189,9 @@ fn active() -> Active {
     if requested != REQ_CFI && passes(&FP_PROBE, fp::walk) {
         return Active::FramePointers;
     }
-    // `Auto` does not pick the CFI walk yet: a process forked while another
-    // thread allocates loses callsites in the child with it
-    // (tests/fork.rs). `Unwinder::Cfi` asks for it explicitly.
-    if requested == REQ_CFI && passes(&CFI_PROBE, cfi_walk) && !cfi_forked() {
+    // A fork child captures with `backtrace` (see `cfi::in_forked_child`);
+    // its stacks match the parent's CFI-captured ones after symbolization.
+    if requested != REQ_FP && passes(&CFI_PROBE, cfi_walk) && !cfi_forked() {
         Active::Cfi
     } else {
         Active::Backtrace

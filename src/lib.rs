@@ -82,9 +82,9 @@
 //!
 //! Function names and lines need debug info: `[profile.release] debug = 1`.
 //! Stacks are walked with frame pointers when the build keeps them
-//! (`RUSTFLAGS="-C force-frame-pointers=yes"`), else with the `backtrace`
-//! crate; on x86-64 Linux, `Unwinder::Cfi` walks with cached DWARF CFI
-//! rules instead (see [`Unwinder`]).
+//! (`RUSTFLAGS="-C force-frame-pointers=yes"`), else, on x86-64 Linux,
+//! with cached DWARF CFI rules, else with the `backtrace` crate (see
+//! [`Unwinder`]).
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

@@ -39,13 +39,38 @@ fn cache() -> &'static Cache {
 }
 
 /// Symbolizes return addresses (innermost first) into frames, trimmed of
-/// heapwatch's and the allocation plumbing's frames at the top.
+/// heapwatch's and the allocation plumbing's frames at the top, and cut to
+/// the configured depth below them (`capture::user_depth`).
 pub(crate) fn symbolize(ips: &[usize]) -> Vec<Frame> {
-    let mut all: Vec<Frame> = Vec::new();
-    for &ip in ips.iter().filter(|&&ip| ip > 1) {
-        all.extend(resolve_cached(ip).iter().cloned());
+    symbolize_to_depth(ips, crate::capture::user_depth())
+}
+
+/// [`symbolize`] keeping at most `depth` return addresses (each may give
+/// several frames, for inlined calls) from the first that shows a user
+/// frame. Without the cut, a callsite captured once through a path with
+/// one more heapwatch frame would lose one frame at the bottom of its
+/// stack and show as a second callsite.
+fn symbolize_to_depth(ips: &[usize], depth: usize) -> Vec<Frame> {
+    let groups: Vec<Arc<[Frame]>> = ips
+        .iter()
+        .filter(|&&ip| ip > 1)
+        .map(|&ip| resolve_cached(ip))
+        .collect();
+    let Some(first) = groups
+        .iter()
+        .position(|g| g.iter().any(|f| !is_plumbing_frame(f)))
+    else {
+        return trim(groups.iter().flat_map(|g| g.iter().cloned()).collect());
+    };
+    let mut out = Vec::new();
+    for (k, group) in groups.iter().skip(first).take(depth).enumerate() {
+        if k == 0 {
+            out.extend(group.iter().skip_while(|f| is_plumbing_frame(f)).cloned());
+        } else {
+            out.extend(group.iter().cloned());
+        }
     }
-    trim(all)
+    out
 }
 
 /// A callsite's symbolized, trimmed frames and its id, shared by every
@@ -287,6 +312,57 @@ mod tests {
         let trimmed = trim(frames);
         assert_eq!(trimmed[0].function, "app::remember");
         assert_eq!(trimmed.len(), 2, "only leading plumbing is trimmed");
+    }
+
+    #[test]
+    fn stacks_are_cut_to_the_same_depth_below_the_plumbing() {
+        // Fake return addresses (never real code) with known symbols.
+        let f = |function: &str| -> Arc<[Frame]> {
+            vec![Frame {
+                function: function.to_string(),
+                file: None,
+                line: None,
+            }]
+            .into()
+        };
+        let base = 0x10usize;
+        if let Ok(mut c) = cache().lock() {
+            c.insert(base, f("heapwatch::capture::capture"));
+            c.insert(base + 1, f("heapwatch::tracker::alloc_slow"));
+            c.insert(base + 2, f("__rust_alloc"));
+            for k in 0..8 {
+                c.insert(base + 3 + k, f(&format!("app::level{k}")));
+            }
+        }
+        // The same callsite, captured through a path with one more
+        // heapwatch frame: the raw capture (cut at 7 addresses) keeps one
+        // user frame less.
+        let short_path = [
+            base,
+            base + 2,
+            base + 3,
+            base + 4,
+            base + 5,
+            base + 6,
+            base + 7,
+        ];
+        let long_path = [
+            base,
+            base + 1,
+            base + 2,
+            base + 3,
+            base + 4,
+            base + 5,
+            base + 6,
+        ];
+        let a = symbolize_to_depth(&short_path, 4);
+        let b = symbolize_to_depth(&long_path, 4);
+        assert_eq!(a, b);
+        let names: Vec<_> = a.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(
+            names,
+            ["app::level0", "app::level1", "app::level2", "app::level3"]
+        );
     }
 
     #[test]

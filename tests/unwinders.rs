@@ -47,13 +47,22 @@ fn known_sites(snap: &heapwatch::Snapshot) -> Vec<(Vec<String>, u64)> {
 #[test]
 fn unwinders_agree_on_the_users_frames() {
     let mut reference: Option<Vec<String>> = None;
-    for unwinder in [Unwinder::Backtrace, Unwinder::Cfi, Unwinder::FramePointers] {
+    for unwinder in [
+        Unwinder::Backtrace,
+        Unwinder::Cfi,
+        Unwinder::FramePointers,
+        Unwinder::Auto,
+    ] {
         heapwatch::set_unwinder(unwinder);
         let active = heapwatch::active_unwinder();
         match unwinder {
             Unwinder::Backtrace => assert_eq!(active, "backtrace"),
             #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
             Unwinder::Cfi => assert_eq!(active, "cfi"),
+            // `Auto` picks a fast walk where one works: frame pointers in
+            // a build that keeps them, else the CFI walk.
+            #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+            Unwinder::Auto => assert_ne!(active, "backtrace"),
             _ => {}
         }
         let before = known_sites(&heapwatch::snapshot());
