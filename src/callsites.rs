@@ -55,6 +55,7 @@ pub const DEFAULT_MAX_CALLSITES: usize = 16 * 1024;
 pub const DEFAULT_MAX_LIVE_SAMPLES: usize = 256 * 1024;
 
 const STRIPES: usize = 64;
+const _: () = assert!(STRIPES.is_power_of_two() && FILTER_LEN % STRIPES == 0);
 const FILTER_LEN: usize = 1 << 16;
 const BUSY: u64 = 1 << 63;
 /// Callsite index of the unattributed row.
@@ -321,7 +322,12 @@ fn mix(x: u64) -> u64 {
 
 #[inline(always)]
 fn filter_index(ptr: usize) -> usize {
-    (mix(ptr as u64) >> 48) as usize & (FILTER_LEN - 1)
+    filter_index_of_hash(mix(ptr as u64))
+}
+
+#[inline(always)]
+fn filter_index_of_hash(h: u64) -> usize {
+    (h >> 48) as usize & (FILTER_LEN - 1)
 }
 
 /// False if the block at `ptr` was certainly not sampled (one load).
@@ -332,22 +338,30 @@ pub(crate) fn maybe_sampled(ptr: usize) -> bool {
         .is_some_and(|f| f.load(Relaxed) != 0)
 }
 
+// The filter's counters are written only under the lock of the stripe
+// their blocks belong to: `stripe_of` takes the stripe from the low bits of
+// the filter index, so every block counted in one filter slot is in one
+// stripe. A plain load and store then suffice (no `lock`-prefixed
+// read-modify-write); readers (`maybe_sampled`) still load atomically.
+
+/// Counts a block into its filter slot. Caller holds the block's stripe
+/// lock.
 fn filter_add(ptr: usize) {
     if let Some(f) = FILTER.get(filter_index(ptr)) {
-        let _ = f.fetch_update(Relaxed, Relaxed, |v| v.checked_add(1));
+        let v = f.load(Relaxed);
+        f.store(v.saturating_add(1), Relaxed);
     }
 }
 
+/// Uncounts a block from its filter slot. Caller holds the block's stripe
+/// lock.
 fn filter_remove(ptr: usize) {
     if let Some(f) = FILTER.get(filter_index(ptr)) {
+        let v = f.load(Relaxed);
         // A saturated counter stays saturated: it no longer knows its count.
-        let _ = f.fetch_update(Relaxed, Relaxed, |v| {
-            if v == u8::MAX || v == 0 {
-                None
-            } else {
-                Some(v - 1)
-            }
-        });
+        if v != u8::MAX && v != 0 {
+            f.store(v - 1, Relaxed);
+        }
     }
 }
 
@@ -487,9 +501,11 @@ pub(crate) fn put_back(ptr: usize, rec: Record) {
     }
 }
 
+/// The block's stripe and its hash within the stripe. The stripe is the
+/// low bits of the block's filter index (see `filter_add`).
 fn stripe_of(ptr: usize) -> (usize, u64) {
     let h = mix(ptr as u64);
-    ((h as usize) & (STRIPES - 1), h >> 6)
+    (filter_index_of_hash(h) & (STRIPES - 1), h >> 6)
 }
 
 /// The stripe's part of the record table.
@@ -524,7 +540,8 @@ fn insert(ptr: usize, rec: Record) -> bool {
                 if lock.used.load(Relaxed) >= cap - cap / 8 {
                     return false;
                 }
-                lock.used.fetch_add(1, Relaxed);
+                // Written only under the stripe lock: no RMW needed.
+                lock.used.store(lock.used.load(Relaxed) + 1, Relaxed);
                 filter_add(ptr);
             }
             slot.key.store(ptr, Relaxed);
@@ -563,7 +580,8 @@ pub(crate) fn take(ptr: usize) -> Option<Record> {
                 weight: slot.weight.load(Relaxed),
             };
             remove_at(slots, i, mask);
-            lock.used.fetch_sub(1, Relaxed);
+            lock.used
+                .store(lock.used.load(Relaxed).saturating_sub(1), Relaxed);
             filter_remove(ptr);
             return Some(rec);
         }
