@@ -9,9 +9,13 @@
 //! unwinder does that work once per return address and keeps the result, a
 //! rule of one word ("the caller's frame is at `rsp + 56`, its return
 //! address at CFA − 8, `rbp` saved at CFA − 16"), in a fixed table of
-//! [`CACHE_SLOTS`] slots.
+//! [`CACHE_SLOTS`] slots, in sets of [`WAYS`]: an address may sit in any
+//! slot of its set, so a few hot addresses that hash alike (which happens
+//! or not with each run's address-space layout) do not evict each other
+//! on every capture.
 //!
-//! - **Hit:** one hash, two relaxed loads, two stack reads a frame.
+//! - **Hit:** one hash, two relaxed loads (a few more when the address is
+//!   not in the first slot of its set), two stack reads a frame.
 //! - **Miss:** `dl_iterate_phdr` finds the object that holds the address;
 //!   inside its callback (the loader's lock held, so the object cannot be
 //!   unloaded meanwhile) `gimli` reads the FDE from `.eh_frame` and evaluates
@@ -105,24 +109,57 @@ impl Rule {
     }
 }
 
-fn slot_of(address: usize) -> Option<&'static Slot> {
-    let h = (address as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52;
-    CACHE.get(h as usize % CACHE_SLOTS)
+/// Slots an address may occupy (one set of the cache).
+pub(crate) const WAYS: usize = 4;
+const _: () = assert!(CACHE_SLOTS.is_power_of_two() && CACHE_SLOTS % WAYS == 0);
+
+/// The set of slots where `address`'s rule may be cached, and which of
+/// them a miss overwrites when all are taken (chosen by other bits of the
+/// hash, so two addresses competing for one full set usually pick
+/// different victims).
+fn set_of(address: usize) -> (&'static [Slot], usize) {
+    let h = (address as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let set = (h >> 40) as usize & (CACHE_SLOTS / WAYS - 1);
+    let victim = (h >> 20) as usize % WAYS;
+    (
+        CACHE.get(set * WAYS..(set + 1) * WAYS).unwrap_or(&[]),
+        victim,
+    )
 }
 
 /// The rule for code at `address`: from the cache, else from the CFI
 /// (and then cached). `None` if the CFI gives no rule this walk can follow.
 fn rule_for(address: usize) -> Option<Rule> {
-    let slot = slot_of(address)?;
-    let rule = slot.rule.load(Relaxed);
-    if rule & VALID != 0 && slot.key.load(Relaxed) ^ rule == address as u64 {
-        return Some(Rule::unpack(rule));
+    if let Some(rule) = cached(address) {
+        return Some(rule);
     }
     let found = rule_from_cfi(address)?;
-    let packed = found.pack()?;
-    slot.rule.store(packed, Relaxed);
-    slot.key.store(address as u64 ^ packed, Relaxed);
+    cache(address, found.pack()?);
     Some(found)
+}
+
+/// The cached rule for `address`, if its set holds one.
+#[inline(always)]
+fn cached(address: usize) -> Option<Rule> {
+    let (set, _) = set_of(address);
+    for slot in set {
+        let rule = slot.rule.load(Relaxed);
+        if rule & VALID != 0 && slot.key.load(Relaxed) ^ rule == address as u64 {
+            return Some(Rule::unpack(rule));
+        }
+    }
+    None
+}
+
+/// Caches the packed rule for `address`: in an empty slot of its set, else
+/// over the set's victim slot for this address.
+fn cache(address: usize, packed: u64) {
+    let (set, victim) = set_of(address);
+    let empty = set.iter().find(|s| s.rule.load(Relaxed) & VALID == 0);
+    if let Some(slot) = empty.or_else(|| set.get(victim)) {
+        slot.rule.store(packed, Relaxed);
+        slot.key.store(address as u64 ^ packed, Relaxed);
+    }
 }
 
 /// Fixed-size storage for `gimli`'s CFI evaluation: enough rules for every
@@ -424,6 +461,40 @@ mod tests {
         let m = (n - 1).min(nb - j);
         assert!(m >= 2);
         assert_eq!(&a[1..1 + m], &b[j..j + m]);
+    }
+
+    #[test]
+    fn addresses_that_hash_alike_share_a_set_without_evicting_each_other() {
+        // Fake addresses (never code) in one set, far from any real code
+        // address the other tests cache.
+        let first = 0x7e57_0000_0000usize;
+        let (target, _) = set_of(first);
+        let same_set: Vec<usize> = (0..1_000_000usize)
+            .map(|k| first + 16 * k)
+            .filter(|&a| std::ptr::eq(set_of(a).0, target))
+            .take(WAYS + 1)
+            .collect();
+        assert_eq!(same_set.len(), WAYS + 1);
+        let rule = |k: usize| Rule {
+            cfa_from_rbp: false,
+            cfa_offset: 8 * (k as i32 + 1),
+            ra_offset: Some(-8),
+            rbp_offset: None,
+        };
+        for (k, &a) in same_set.iter().take(WAYS).enumerate() {
+            cache(a, rule(k).pack().unwrap());
+        }
+        for (k, &a) in same_set.iter().take(WAYS).enumerate() {
+            assert_eq!(cached(a), Some(rule(k)), "way {k}");
+        }
+        // A fifth address evicts exactly one of them.
+        cache(same_set[WAYS], rule(WAYS).pack().unwrap());
+        assert_eq!(cached(same_set[WAYS]), Some(rule(WAYS)));
+        let kept = same_set[..WAYS]
+            .iter()
+            .filter(|&&a| cached(a).is_some())
+            .count();
+        assert_eq!(kept, WAYS - 1);
     }
 
     #[test]
