@@ -365,22 +365,38 @@ fn filter_remove(ptr: usize) {
     }
 }
 
-fn frames_hash(frames: &[usize]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ frames.len() as u64;
-    for &f in frames {
-        h = mix(h ^ f as u64);
-    }
-    ((h >> 1) | 1) & !BUSY
+/// The callsite table's hash of a stack. Computed in steps
+/// ([`hash_step`], then [`hash_finish`]) so that the frame-pointer walk can
+/// hash each frame as it reads it, where the hashing overlaps the walk's
+/// chain of dependent loads.
+pub(crate) fn frames_hash(frames: &[usize]) -> u64 {
+    let h = frames.iter().fold(HASH_START, |h, &f| hash_step(h, f));
+    hash_finish(h, frames.len())
+}
+
+/// The hash of an empty stack, before any [`hash_step`].
+pub(crate) const HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Adds one frame (the next outer one) to a stack's hash.
+#[inline(always)]
+pub(crate) fn hash_step(h: u64, frame: usize) -> u64 {
+    mix(h ^ frame as u64)
+}
+
+/// The finished hash of a stack of `len` frames.
+#[inline(always)]
+pub(crate) fn hash_finish(h: u64, len: usize) -> u64 {
+    ((mix(h ^ len as u64) >> 1) | 1) & !BUSY
 }
 
 /// Finds or inserts the callsite for `frames`; `None` when the table is full.
-fn find_or_insert(frames: &[usize]) -> Option<u32> {
+fn find_or_insert(frames: &[usize], h: u64) -> Option<u32> {
+    debug_assert_eq!(h, frames_hash(frames));
     let table = sites();
     let cap = table.len();
     if cap == 0 {
         return None;
     }
-    let h = frames_hash(frames);
     let mut idx = h as usize & (cap - 1);
     for _ in 0..cap {
         let slot = table.get(idx)?;
@@ -461,8 +477,8 @@ pub(crate) fn record_alloc(ptr: usize, size: usize, weight: u64) {
         return;
     }
     let mut frames = [0usize; MAX_FRAMES];
-    let n = capture::capture(&mut frames);
-    let site = match find_or_insert(frames.get(..n).unwrap_or(&[])) {
+    let (n, h) = capture::capture_hashed(&mut frames);
+    let site = match find_or_insert(frames.get(..n).unwrap_or(&[]), h) {
         Some(s) => s,
         None => {
             DROPPED_SITE_FULL.fetch_add(1, Relaxed);

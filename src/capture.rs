@@ -227,33 +227,43 @@ fn cfi_walk(_out: &mut [usize]) -> usize {
     0
 }
 
-/// Captures the calling stack's return addresses into `out`; returns how
-/// many were written. Allocation-free and panic-free; call with the
-/// reentrancy guard held.
+/// Captures the calling stack's return addresses into `out`, and the
+/// callsite table's hash of them (`callsites::frames_hash`); returns how
+/// many were written and the hash. The frame-pointer walk hashes each
+/// frame as it reads it (the hashing overlaps its chain of dependent
+/// loads); the other unwinders hash after their walk. Allocation-free and
+/// panic-free; call with the reentrancy guard held.
 #[inline(never)]
-pub(crate) fn capture(out: &mut [usize; MAX_FRAMES]) -> usize {
+pub(crate) fn capture_hashed(out: &mut [usize; MAX_FRAMES]) -> (usize, u64) {
+    use crate::callsites::frames_hash;
     let depth = RAW_DEPTH.load(Relaxed).min(MAX_FRAMES);
-    let out = match out.get_mut(..depth) {
-        Some(o) => o,
-        None => return 0,
+    let Some(out) = out.get_mut(..depth) else {
+        return (0, frames_hash(&[]));
     };
     match active() {
         Active::FramePointers => {
-            let n = fp::walk(out);
+            let (n, h) = fp::walk_hashed(out);
             if n > 1 {
-                return n;
+                return (n, h);
             }
         }
         Active::Cfi => {
             let n = cfi_walk(out);
             if n > 1 {
-                return n;
+                return (n, frames_hash(out.get(..n).unwrap_or(&[])));
             }
             CFI_FALLBACKS.fetch_add(1, Relaxed);
         }
         Active::Backtrace => {}
     }
-    backtrace_walk(out)
+    let n = backtrace_walk(out);
+    (n, frames_hash(out.get(..n).unwrap_or(&[])))
+}
+
+/// [`capture_hashed`] without the hash, for tests.
+#[cfg(test)]
+pub(crate) fn capture(out: &mut [usize; MAX_FRAMES]) -> usize {
+    capture_hashed(out).0
 }
 
 #[inline(never)]
@@ -333,8 +343,32 @@ mod fp {
     ))]
     #[inline(never)]
     pub(super) fn walk(out: &mut [usize]) -> usize {
+        walk_from_here(out).0
+    }
+
+    /// [`walk`], also returning the callsite table's hash of the frames
+    /// (`callsites::frames_hash`), computed frame by frame during the walk.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    #[inline(never)]
+    pub(super) fn walk_hashed(out: &mut [usize]) -> (usize, u64) {
+        walk_from_here(out)
+    }
+
+    /// The body of [`walk`] and [`walk_hashed`], inlined into each so that
+    /// the frame pointer it reads is theirs.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    #[inline(always)]
+    fn walk_from_here(out: &mut [usize]) -> (usize, u64) {
+        use crate::callsites::{hash_finish, hash_step, HASH_START};
+        let mut h = HASH_START;
         let Some((lo, hi)) = super::stack_bounds() else {
-            return 0;
+            return (0, hash_finish(h, 0));
         };
         let mut fp: usize;
         // SAFETY: reads the frame-pointer register into a local; touches no
@@ -366,6 +400,7 @@ mod fp {
             }
             if let Some(slot) = out.get_mut(n) {
                 *slot = ret;
+                h = hash_step(h, ret);
             }
             n += 1;
             if next <= fp {
@@ -373,7 +408,7 @@ mod fp {
             }
             fp = next;
         }
-        n
+        (n, hash_finish(h, n))
     }
 
     #[cfg(not(all(
@@ -382,6 +417,14 @@ mod fp {
     )))]
     pub(super) fn walk(_out: &mut [usize]) -> usize {
         0
+    }
+
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
+    pub(super) fn walk_hashed(_out: &mut [usize]) -> (usize, u64) {
+        (0, crate::callsites::frames_hash(&[]))
     }
 }
 
