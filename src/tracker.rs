@@ -152,7 +152,8 @@ impl<A> Tracker<A> {
     }
 
     /// Sets the capacity of the callsite table (rounded up to a power of
-    /// two; memory: 304 bytes a callsite, mapped on first use).
+    /// two; memory: 304 bytes a callsite, mapped and populated at the first
+    /// sampled allocation).
     #[must_use]
     pub const fn with_max_callsites(mut self, n: usize) -> Tracker<A> {
         self.config.max_callsites = n;
@@ -160,7 +161,8 @@ impl<A> Tracker<A> {
     }
 
     /// Sets how many sampled blocks can be live at once (rounded up to a
-    /// power of two; memory: 32 bytes each, mapped on first use).
+    /// power of two; memory: 32 bytes each, mapped and populated at the
+    /// first sampled allocation).
     #[must_use]
     pub const fn with_max_live_samples(mut self, n: usize) -> Tracker<A> {
         self.config.max_live_samples = n;
