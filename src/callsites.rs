@@ -1,8 +1,7 @@
 //! The callsite table and the table of live sampled blocks.
 //!
 //! Both have a fixed capacity, chosen in the tracker's builder and mapped
-//! (anonymous `mmap`, never the heap, populated up front: see
-//! `map_zeroed`) at the first sampled allocation:
+//! (anonymous `mmap`, never the heap) at the first sampled allocation:
 //!
 //! - **Callsites**: open addressing, insert-only, lock-free. A slot is
 //!   claimed with a compare-and-swap on its hash, filled, then published
@@ -209,23 +208,7 @@ pub(crate) fn configure(max_callsites: usize, max_live_samples: usize) {
     CONF_RECORDS.store(max_live_samples.clamp(STRIPES * 16, 1 << 28), Relaxed);
 }
 
-/// Maps `bytes` of zeroed memory for a table, populated up front on Linux.
-///
-/// The tables are probed at hash-chosen slots, and a probe reads before it
-/// writes. Left to fault in page by page, the first read of a page maps the
-/// shared zero page and the first write then replaces it, which in a
-/// multithreaded process flushes the TLB of every CPU the process runs on
-/// (an inter-processor interrupt, costly in a virtual machine): with two
-/// threads, that made default sampling 1.65x raw jemalloc on the two-thread
-/// small-allocation loop instead of ~1.2x (BENCHMARKS.md, fourth round).
-/// Populating costs a few milliseconds once, at the first sampled
-/// allocation, and makes the tables resident at once (the size
-/// `overhead_bytes` already counts).
 fn map_zeroed(bytes: usize) -> *mut u8 {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     // SAFETY: an anonymous private mapping with no address hint has no
     // preconditions; the result is checked for MAP_FAILED.
     let p = unsafe {
@@ -233,7 +216,7 @@ fn map_zeroed(bytes: usize) -> *mut u8 {
             std::ptr::null_mut(),
             bytes,
             libc::PROT_READ | libc::PROT_WRITE,
-            flags,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )

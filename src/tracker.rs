@@ -152,8 +152,7 @@ impl<A> Tracker<A> {
     }
 
     /// Sets the capacity of the callsite table (rounded up to a power of
-    /// two; memory: 304 bytes a callsite, mapped and populated at the first
-    /// sampled allocation).
+    /// two; memory: 304 bytes a callsite, mapped on first use).
     #[must_use]
     pub const fn with_max_callsites(mut self, n: usize) -> Tracker<A> {
         self.config.max_callsites = n;
@@ -161,8 +160,7 @@ impl<A> Tracker<A> {
     }
 
     /// Sets how many sampled blocks can be live at once (rounded up to a
-    /// power of two; memory: 32 bytes each, mapped and populated at the
-    /// first sampled allocation).
+    /// power of two; memory: 32 bytes each, mapped on first use).
     #[must_use]
     pub const fn with_max_live_samples(mut self, n: usize) -> Tracker<A> {
         self.config.max_live_samples = n;
