@@ -121,9 +121,13 @@ pub(crate) struct SiteFigures {
 struct Slot {
     key: AtomicUsize,
     site: AtomicU32,
+    /// Written (never read) by `insert` before it probes: see there.
+    /// Fills what would be padding.
+    touch: AtomicU32,
     size: AtomicU64,
     weight: AtomicU64,
 }
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 /// A sampled block's record, taken out of the table when it is freed.
 #[derive(Clone, Copy, Debug)]
@@ -546,6 +550,16 @@ fn insert(ptr: usize, rec: Record) -> bool {
     }
     let _g = lock.lock();
     let mut i = h as usize & (cap - 1);
+    // The table is mapped lazily and probed at hash-chosen slots, so this
+    // is often the first access to its page. Make that access a write: a
+    // first read would map the shared zero page, and the write after it
+    // would replace that page and flush the TLB on every CPU the process
+    // runs on (an inter-processor interrupt, costly in a virtual machine),
+    // which made default sampling 1.65x raw jemalloc on a two-thread loop
+    // instead of ~1.2x (BENCHMARKS.md, fourth round). A plain store.
+    if let Some(home) = slots.get(i) {
+        home.touch.store(0, Relaxed);
+    }
     for _ in 0..cap {
         let Some(slot) = slots.get(i) else {
             return false;
