@@ -127,7 +127,6 @@ struct Slot {
     size: AtomicU64,
     weight: AtomicU64,
 }
-const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 /// A sampled block's record, taken out of the table when it is freed.
 #[derive(Clone, Copy, Debug)]
