@@ -42,35 +42,12 @@ fn cache() -> &'static Cache {
 /// heapwatch's and the allocation plumbing's frames at the top, and cut to
 /// the configured depth below them (`capture::user_depth`).
 pub(crate) fn symbolize(ips: &[usize]) -> Vec<Frame> {
-    symbolize_to_depth(ips, crate::capture::user_depth())
-}
-
-/// [`symbolize`] keeping at most `depth` return addresses (each may give
-/// several frames, for inlined calls) from the first that shows a user
-/// frame. Without the cut, a callsite captured once through a path with
-/// one more heapwatch frame would lose one frame at the bottom of its
-/// stack and show as a second callsite.
-fn symbolize_to_depth(ips: &[usize], depth: usize) -> Vec<Frame> {
     let groups: Vec<Arc<[Frame]>> = ips
         .iter()
         .filter(|&&ip| ip > 1)
         .map(|&ip| resolve_cached(ip))
         .collect();
-    let Some(first) = groups
-        .iter()
-        .position(|g| g.iter().any(|f| !is_plumbing_frame(f)))
-    else {
-        return trim(groups.iter().flat_map(|g| g.iter().cloned()).collect());
-    };
-    let mut out = Vec::new();
-    for (k, group) in groups.iter().skip(first).take(depth).enumerate() {
-        if k == 0 {
-            out.extend(group.iter().skip_while(|f| is_plumbing_frame(f)).cloned());
-        } else {
-            out.extend(group.iter().cloned());
-        }
-    }
-    out
+    trim(&groups, crate::capture::user_depth())
 }
 
 /// A callsite's symbolized, trimmed frames and its id, shared by every
@@ -250,20 +227,37 @@ fn is_plumbing_frame(f: &Frame) -> bool {
     is_plumbing(&f.function) || f.file.as_deref().is_some_and(|p| p.starts_with("library/"))
 }
 
-/// Drops the leading plumbing frames. If nothing is left (an allocation
-/// made by the standard library on its own), keeps the frames as they were
-/// minus heapwatch's own.
-fn trim(frames: Vec<Frame>) -> Vec<Frame> {
-    match frames.iter().position(|f| !is_plumbing_frame(f)) {
-        Some(first) => frames.into_iter().skip(first).collect(),
-        None => frames
-            .into_iter()
+/// Flattens a stack's symbolized return addresses (`groups`, one per
+/// address, each several frames for inlined calls) into frames: the leading
+/// plumbing frames dropped, then at most `depth` addresses kept from the
+/// first that shows a user frame. Without the cut, a callsite captured once
+/// through a path with one more heapwatch frame would lose one frame at the
+/// bottom of its stack and show as a second callsite. If no frame is the
+/// user's (an allocation made by the standard library on its own), keeps
+/// the frames as they were minus heapwatch's own.
+fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
+    let frames = groups.iter().flat_map(|g| g.iter());
+    let Some(first) = groups
+        .iter()
+        .position(|g| g.iter().any(|f| !is_plumbing_frame(f)))
+    else {
+        return frames
             .skip_while(|f| {
                 let name = f.function.trim_start_matches('<');
                 name.starts_with("heapwatch::") || name.starts_with("backtrace::")
             })
-            .collect(),
+            .cloned()
+            .collect();
+    };
+    let mut out = Vec::new();
+    for (k, group) in groups.iter().skip(first).take(depth).enumerate() {
+        if k == 0 {
+            out.extend(group.iter().skip_while(|f| is_plumbing_frame(f)).cloned());
+        } else {
+            out.extend(group.iter().cloned());
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -300,23 +294,24 @@ mod tests {
             file: file.map(str::to_string),
             line: None,
         };
-        let frames = vec![
-            f(
+        let frames: Vec<Arc<[Frame]>> = vec![
+            [f(
                 "<[u8]>::to_vec_in::<alloc::alloc::Global>",
                 Some("library/alloc/src/slice.rs"),
-            ),
-            f("<str>::repeat", Some("library/alloc/src/str.rs")),
-            f("app::remember", Some("src/app.rs")),
-            f("std::rt::lang_start", Some("library/std/src/rt.rs")),
+            )]
+            .into(),
+            [f("<str>::repeat", Some("library/alloc/src/str.rs"))].into(),
+            [f("app::remember", Some("src/app.rs"))].into(),
+            [f("std::rt::lang_start", Some("library/std/src/rt.rs"))].into(),
         ];
-        let trimmed = trim(frames);
+        let trimmed = trim(&frames, 16);
         assert_eq!(trimmed[0].function, "app::remember");
         assert_eq!(trimmed.len(), 2, "only leading plumbing is trimmed");
     }
 
     #[test]
     fn stacks_are_cut_to_the_same_depth_below_the_plumbing() {
-        // Fake return addresses (never real code) with known symbols.
+        // Symbolized return addresses, one frame each.
         let f = |function: &str| -> Arc<[Frame]> {
             vec![Frame {
                 function: function.to_string(),
@@ -325,38 +320,19 @@ mod tests {
             }]
             .into()
         };
-        let base = 0x10usize;
-        if let Ok(mut c) = cache().lock() {
-            c.insert(base, f("heapwatch::capture::capture"));
-            c.insert(base + 1, f("heapwatch::tracker::alloc_slow"));
-            c.insert(base + 2, f("__rust_alloc"));
-            for k in 0..8 {
-                c.insert(base + 3 + k, f(&format!("app::level{k}")));
-            }
-        }
+        let capture = f("heapwatch::capture::capture");
+        let slow = f("heapwatch::tracker::alloc_slow");
+        let rust_alloc = f("__rust_alloc");
+        let user: Vec<Arc<[Frame]>> = (0..8).map(|k| f(&format!("app::level{k}"))).collect();
         // The same callsite, captured through a path with one more
         // heapwatch frame: the raw capture (cut at 7 addresses) keeps one
         // user frame less.
-        let short_path = [
-            base,
-            base + 2,
-            base + 3,
-            base + 4,
-            base + 5,
-            base + 6,
-            base + 7,
-        ];
-        let long_path = [
-            base,
-            base + 1,
-            base + 2,
-            base + 3,
-            base + 4,
-            base + 5,
-            base + 6,
-        ];
-        let a = symbolize_to_depth(&short_path, 4);
-        let b = symbolize_to_depth(&long_path, 4);
+        let mut short_path = vec![capture.clone(), rust_alloc.clone()];
+        short_path.extend(user[..5].iter().cloned());
+        let mut long_path = vec![capture, slow, rust_alloc];
+        long_path.extend(user[..4].iter().cloned());
+        let a = trim(&short_path, 4);
+        let b = trim(&long_path, 4);
         assert_eq!(a, b);
         let names: Vec<_> = a.iter().map(|f| f.function.as_str()).collect();
         assert_eq!(
