@@ -99,29 +99,34 @@ fn tag(ptr: usize) -> u8 {
     (ptr >> 4) as u8 ^ 0xA5
 }
 
+// `work_alloc` and `work_realloc` pass their result through `black_box`
+// so that the allocator call is not a tail call: an optimized build would
+// otherwise jump to it, leaving no frame of theirs on the stack for the
+// callsite to name.
+
 #[inline(never)]
 fn work_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
     // SAFETY: `layout` has a non-zero size (1..=64 KiB).
-    unsafe {
+    std::hint::black_box(unsafe {
         if zeroed {
             std::alloc::alloc_zeroed(layout)
         } else {
             std::alloc::alloc(layout)
         }
-    }
+    })
 }
 
 #[inline(never)]
 fn work_realloc(b: Block, new_size: usize) -> *mut u8 {
     // SAFETY: `b` is a live block allocated with exactly this size and
     // alignment; `new_size` is non-zero and small.
-    unsafe {
+    std::hint::black_box(unsafe {
         std::alloc::realloc(
             b.ptr as *mut u8,
             Layout::from_size_align_unchecked(b.size, b.align),
             new_size,
         )
-    }
+    })
 }
 
 fn work_free(b: Block) {
