@@ -47,7 +47,11 @@ use std::sync::atomic::{
 use serde::{Deserialize, Serialize};
 
 use crate::capture::{self, MAX_FRAMES};
+use crate::counters::Shard;
 use crate::sampling::{weighted_bytes, weighted_count};
+
+mod pending;
+use pending::Pair;
 
 /// Default capacity of the callsite table.
 pub const DEFAULT_MAX_CALLSITES: usize = 16 * 1024;
@@ -89,11 +93,39 @@ impl SiteCounters {
         }
     }
 
+    /// Adds `w` and `bytes` to one pair of counters.
+    fn add(&self, pair: Pair, w: u64, bytes: u64) {
+        let (a, b) = match pair {
+            Pair::Alloc => (&self.allocs_w, &self.alloc_bytes),
+            Pair::Free => (&self.frees_w, &self.freed_bytes),
+        };
+        if w != 0 {
+            a.fetch_add(w, Relaxed);
+        }
+        if bytes != 0 {
+            b.fetch_add(bytes, Relaxed);
+        }
+    }
+
+    /// `[allocs_w, alloc_bytes, frees_w, freed_bytes]`.
+    fn load(&self) -> [u64; 4] {
+        [
+            self.allocs_w.load(Relaxed),
+            self.alloc_bytes.load(Relaxed),
+            self.frees_w.load(Relaxed),
+            self.freed_bytes.load(Relaxed),
+        ]
+    }
+
     fn read(&self) -> SiteFigures {
-        let allocs_w = self.allocs_w.load(Relaxed);
-        let frees_w = self.frees_w.load(Relaxed);
-        let alloc_bytes = self.alloc_bytes.load(Relaxed);
-        let freed_bytes = self.freed_bytes.load(Relaxed);
+        SiteFigures::from_raw(self.load())
+    }
+}
+
+impl SiteFigures {
+    /// Figures from raw weighted counters
+    /// `[allocs_w, alloc_bytes, frees_w, freed_bytes]`.
+    fn from_raw([allocs_w, alloc_bytes, frees_w, freed_bytes]: [u64; 4]) -> SiteFigures {
         SiteFigures {
             allocations: weighted_count(allocs_w),
             allocated_bytes: alloc_bytes,
@@ -465,17 +497,14 @@ fn counters_of(site: u32) -> &'static SiteCounters {
     }
 }
 
-/// Records a sampled allocation: captures the stack, finds its callsite,
-/// stores the block. Called from the hook with the reentrancy guard held;
-/// allocation-free and panic-free.
-pub(crate) fn record_alloc(ptr: usize, size: usize, weight: u64) {
+/// Records a sampled allocation made by the thread holding `shard`:
+/// captures the stack, finds its callsite, stores the block. Called from the
+/// hook with the reentrancy guard held; allocation-free and panic-free.
+pub(crate) fn record_alloc(shard: &Shard, ptr: usize, size: usize, weight: u64) {
     let size = size as u64;
     if !tables_ready() {
         DROPPED_NO_TABLES.fetch_add(1, Relaxed);
-        UNATTRIBUTED_ROW.allocs_w.fetch_add(weight, Relaxed);
-        UNATTRIBUTED_ROW
-            .alloc_bytes
-            .fetch_add(weighted_bytes(size, weight), Relaxed);
+        UNATTRIBUTED_ROW.add(Pair::Alloc, weight, weighted_bytes(size, weight));
         untracked(size, weight);
         return;
     }
@@ -488,13 +517,27 @@ pub(crate) fn record_alloc(ptr: usize, size: usize, weight: u64) {
             UNATTRIBUTED
         }
     };
-    let c = counters_of(site);
-    c.allocs_w.fetch_add(weight, Relaxed);
-    c.alloc_bytes
-        .fetch_add(weighted_bytes(size, weight), Relaxed);
+    count(
+        shard,
+        site,
+        Pair::Alloc,
+        weight,
+        weighted_bytes(size, weight),
+    );
     if !insert(ptr, Record { site, size, weight }) {
         DROPPED_LIVE_FULL.fetch_add(1, Relaxed);
         untracked(size, weight);
+    }
+}
+
+/// Adds to a callsite's figures: through the thread's pending cache for a
+/// callsite row, directly for the unattributed row.
+fn count(shard: &Shard, site: u32, pair: Pair, w: u64, bytes: u64) {
+    let shared = counters_of(site);
+    if site == UNATTRIBUTED {
+        shared.add(pair, w, bytes);
+    } else {
+        pending::add(shard, site, shared, pair, w, bytes);
     }
 }
 
@@ -503,12 +546,11 @@ fn untracked(size: u64, weight: u64) {
     UNTRACKED_BYTES.fetch_add(weighted_bytes(size, weight), Relaxed);
 }
 
-/// Counts the free of a sampled block at its callsite.
-pub(crate) fn record_free(rec: &Record) {
-    let c = counters_of(rec.site);
-    c.frees_w.fetch_add(rec.weight, Relaxed);
-    c.freed_bytes
-        .fetch_add(weighted_bytes(rec.size, rec.weight), Relaxed);
+/// Counts the free of a sampled block, by the thread holding `shard`, at
+/// the block's callsite.
+pub(crate) fn record_free(shard: &Shard, rec: &Record) {
+    let bytes = weighted_bytes(rec.size, rec.weight);
+    count(shard, rec.site, Pair::Free, rec.weight, bytes);
 }
 
 /// Puts a record back (a `realloc` that failed leaves the block as it was).
@@ -660,22 +702,39 @@ pub(crate) struct RawSite {
     pub(crate) figures: SiteFigures,
 }
 
-/// Reads every published callsite. Allocates: call outside the hook.
+/// Reads every published callsite, with every thread's pending figures.
+/// Allocates: call outside the hook.
 pub(crate) fn read_sites() -> Vec<RawSite> {
-    let mut out = Vec::new();
-    for (i, s) in sites().iter().enumerate() {
-        let h = s.hash.load(Acquire);
-        if h == 0 || h & BUSY != 0 {
-            continue;
+    let (mut raw, pending) = pending::read_with(|| {
+        let mut raw: Vec<(u32, [u64; 4])> = Vec::new();
+        for (i, s) in sites().iter().enumerate() {
+            let h = s.hash.load(Acquire);
+            if h == 0 || h & BUSY != 0 {
+                continue;
+            }
+            if let Ok(slot) = u32::try_from(i) {
+                raw.push((slot, s.counters.load()));
+            }
         }
-        if let Ok(slot) = u32::try_from(i) {
-            out.push(RawSite {
-                slot,
-                figures: s.counters.read(),
-            });
+        raw
+    });
+    for (slot, f) in pending {
+        // `raw` is in slot order. A slot with pending figures is published
+        // (figures are counted only after `find_or_insert` published it).
+        if let Ok(i) = raw.binary_search_by_key(&slot, |r| r.0) {
+            if let Some((_, c)) = raw.get_mut(i) {
+                for (c, f) in c.iter_mut().zip(f) {
+                    *c = c.wrapping_add(f);
+                }
+            }
         }
     }
-    out
+    raw.into_iter()
+        .map(|(slot, c)| RawSite {
+            slot,
+            figures: SiteFigures::from_raw(c),
+        })
+        .collect()
 }
 
 /// The raw return addresses of a published callsite slot.
@@ -776,6 +835,7 @@ pub(crate) fn static_table_bytes() -> usize {
         + std::mem::size_of_val(sites())
         + std::mem::size_of_val(records())
         + crate::capture::static_bytes()
+        + pending::static_bytes()
 }
 
 #[cfg(test)]

@@ -206,15 +206,15 @@ fn on_alloc(shard: &Shard, ptr: *mut u8, size: usize) {
     shard.add(&shard.allocs, 1);
     shard.add(&shard.alloc_bytes, size as u64);
     if let Some(weight) = sampling::should_sample(shard, size) {
-        record_sampled(ptr, size, weight);
+        record_sampled(shard, ptr, size, weight);
     }
 }
 
 #[cold]
 #[inline(never)]
-fn record_sampled(ptr: *mut u8, size: usize, weight: u64) {
+fn record_sampled(shard: &Shard, ptr: *mut u8, size: usize, weight: u64) {
     let _guard = Guard::enter();
-    callsites::record_alloc(ptr as usize, size, weight);
+    callsites::record_alloc(shard, ptr as usize, size, weight);
 }
 
 /// Takes a sampled block's record out before the block is freed or moved.
@@ -420,7 +420,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             budget::release(shard, old_size - new_size);
         }
         if let Some(rec) = rec {
-            callsites::record_free(&rec);
+            callsites::record_free(shard, &rec);
         }
         if guarded {
             shard.add(&shard.ovh_alloc_bytes, new_size as u64);
@@ -431,7 +431,7 @@ impl<A: GlobalAlloc> Tracker<A> {
         shard.add(&shard.alloc_bytes, new_size as u64);
         shard.add(&shard.freed_bytes, old_size as u64);
         if let Some(weight) = sampling::should_sample(shard, new_size) {
-            record_sampled(p, new_size, weight);
+            record_sampled(shard, p, new_size, weight);
         }
         p
     }
@@ -478,7 +478,7 @@ fn on_alloc_owned(shard: &Shard, ptr: *mut u8, size: usize) {
     shard.add_owned(&shard.allocs, 1);
     shard.add_owned(&shard.alloc_bytes, size as u64);
     if let Some(weight) = sampling::should_sample(shard, size) {
-        record_sampled(ptr, size, weight);
+        record_sampled(shard, ptr, size, weight);
     }
 }
 
@@ -495,7 +495,7 @@ fn on_realloc_owned(shard: &Shard, p: *mut u8, old_size: usize, new_size: usize)
     shard.add_owned(&shard.alloc_bytes, new_size as u64);
     shard.add_owned(&shard.freed_bytes, old_size as u64);
     if let Some(weight) = sampling::should_sample(shard, new_size) {
-        record_sampled(p, new_size, weight);
+        record_sampled(shard, p, new_size, weight);
     }
 }
 
@@ -506,7 +506,7 @@ fn on_realloc_owned(shard: &Shard, p: *mut u8, old_size: usize, new_size: usize)
 fn on_dealloc_slow(ptr: *mut u8, size: usize) {
     let shard = counters::current();
     if let Some(rec) = take_record(ptr) {
-        callsites::record_free(&rec);
+        callsites::record_free(shard, &rec);
     }
     if guard::is_active() {
         shard.add(&shard.ovh_frees, 1);

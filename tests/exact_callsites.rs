@@ -135,3 +135,169 @@ fn reallocation_moves_the_sampled_block() {
     assert!(allocated >= 2 && freed == allocated - 1, "{sites:#?}");
     drop(v);
 }
+
+type Bufs = Vec<Vec<u8>>;
+type Leaf = fn(usize, &mut Bufs);
+
+/// Functions `f00` to `f39`, each making `n` buffers of its own size (8 to
+/// 320 bytes) filled with `FILL`: 40 callsites, more than a thread's cache
+/// of pending callsite figures holds, so figures move between the cache and
+/// the shared counters while the tests run.
+macro_rules! sized_allocs {
+    ($($name:ident $size:literal)*) => {
+        $(
+            #[inline(never)]
+            pub fn $name(n: usize, out: &mut super::Bufs) {
+                for _ in 0..n {
+                    out.push(std::hint::black_box(vec![FILL; $size]));
+                }
+            }
+        )*
+        /// Each function and its buffers' size.
+        pub const ALL: [(super::Leaf, u64); 40] = [$(($name as super::Leaf, $size)),*];
+    };
+}
+
+/// Two sets of the 40 functions, one per test (tests run side by side);
+/// they differ in `FILL` so that they are not merged into one.
+macro_rules! two_sets {
+    ($($t:tt)*) => {
+        mod kept {
+            const FILL: u8 = 1;
+            sized_allocs!($($t)*);
+        }
+        mod churn {
+            const FILL: u8 = 2;
+            sized_allocs!($($t)*);
+        }
+    };
+}
+
+two_sets!(
+    f00 8 f01 16 f02 24 f03 32 f04 40 f05 48 f06 56 f07 64
+    f08 72 f09 80 f10 88 f11 96 f12 104 f13 112 f14 120 f15 128
+    f16 136 f17 144 f18 152 f19 160 f20 168 f21 176 f22 184 f23 192
+    f24 200 f25 208 f26 216 f27 224 f28 232 f29 240 f30 248 f31 256
+    f32 264 f33 272 f34 280 f35 288 f36 296 f37 304 f38 312 f39 320
+);
+
+/// `(allocations, frees, live blocks, live bytes)` of every callsite whose
+/// innermost frame is a function of module `module`, sorted.
+fn figures_of(snap: &heapwatch::Snapshot, module: &str) -> Vec<(u64, u64, u64, u64)> {
+    let prefix = format!("exact_callsites::{module}::f");
+    let mut v: Vec<_> = snap
+        .callsites
+        .iter()
+        .filter(|c| {
+            c.frames
+                .first()
+                .is_some_and(|f| f.function.contains(&prefix))
+        })
+        .map(|c| (c.allocations, c.frees, c.live_blocks, c.live_bytes))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn many_callsites_from_a_thread_that_exited_are_counted_exactly() {
+    // A thread of its own, joined before the snapshot: what it counted
+    // stays counted after it exits. Function `k` makes `k + 1` buffers,
+    // twice over, and frees the first round's.
+    let kept = std::thread::spawn(|| {
+        // Room for every buffer up front: no growth of `kept` is counted
+        // at the callsites.
+        let mut kept = Vec::with_capacity(41 * 20);
+        for _round in 0..2 {
+            kept.clear();
+            for (k, (f, _)) in kept::ALL.iter().enumerate() {
+                f(k + 1, &mut kept);
+            }
+        }
+        kept
+    })
+    .join()
+    .unwrap();
+    let mut want: Vec<_> = (1..)
+        .zip(kept::ALL)
+        .map(|(n, (_, size))| (2 * n, n, n, n * size))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(
+        figures_of(&heapwatch::snapshot(), "kept"),
+        want,
+        "(allocations, frees, live blocks, live bytes) of each callsite"
+    );
+    drop(kept);
+}
+
+#[test]
+fn callsite_figures_stay_exact_while_threads_churn_and_others_read() {
+    // Two threads allocate and free from 40 callsites (their figures move
+    // between each thread's cache and the shared counters all the time)
+    // while this one reads snapshots. Every reading's cumulative
+    // allocations only grow, and once the threads are joined every
+    // callsite holds exactly what was done there.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..2)
+        .map(|t| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut done = [0u64; 40];
+                let mut v = Vec::with_capacity(1);
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = i % churn::ALL.len();
+                    if let (Some((f, _)), Some(d)) = (churn::ALL.get(k), done.get_mut(k)) {
+                        f(1, &mut v);
+                        *d += 1;
+                    }
+                    v.clear();
+                    i += 7;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut last: std::collections::HashMap<String, u64> = Default::default();
+    let mut grew = 0;
+    for _ in 0..30 {
+        let snap = heapwatch::snapshot();
+        for c in snap.callsites.iter().filter(|c| {
+            c.frames
+                .first()
+                .is_some_and(|f| f.function.contains("::churn::f"))
+        }) {
+            let before = last.insert(c.id.clone(), c.allocations).unwrap_or(0);
+            assert!(
+                c.allocations >= before,
+                "callsite {} went from {before} to {} allocations",
+                c.id,
+                c.allocations
+            );
+            grew += u64::from(c.allocations > before);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut done = [0u64; 40];
+    for w in workers {
+        for (d, n) in done.iter_mut().zip(w.join().unwrap()) {
+            *d += n;
+        }
+    }
+    assert!(grew > 80, "the workers barely ran: {grew} increases seen");
+    let mut want: Vec<_> = done
+        .iter()
+        .zip(churn::ALL)
+        .filter(|(&n, _)| n > 0)
+        .map(|(&n, _)| (n, n, 0, 0))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(
+        figures_of(&heapwatch::snapshot(), "churn"),
+        want,
+        "(allocations, frees, live blocks, live bytes) of each callsite"
+    );
+}
