@@ -14,6 +14,11 @@
 //!   Capacity [`DEFAULT_MAX_LIVE_SAMPLES`].
 //! - **A counting filter** of 65,536 bytes over block addresses: a free whose
 //!   filter byte is zero was certainly not sampled and costs one load.
+//! - **Pending figures** (`pending`): each thread adds to its callsites'
+//!   counters through a small cache of its own, with plain stores, and
+//!   moves figures to the shared counters only on eviction; readers add the
+//!   caches in. Static: 32 entries for each of the 256 counter shards
+//!   (352 KiB of zero pages until used).
 //!
 //! Overflow is never silent: a sample whose stack finds no free callsite
 //! slot is counted in the *unattributed* row (and its free subtracted there
