@@ -11,7 +11,9 @@
 //! - **Live sampled blocks**: address → (callsite, size, weight), in 64
 //!   stripes, each a small open-addressing table behind a spin lock that is
 //!   held only for a few loads and stores and never across an allocation.
-//!   Capacity [`DEFAULT_MAX_LIVE_SAMPLES`].
+//!   Capacity [`DEFAULT_MAX_LIVE_SAMPLES`] (filled to 7/8 at most), plus a
+//!   near region of 128 slots (one page) per stripe that takes blocks first,
+//!   so that a program with few sampled blocks live touches few pages.
 //! - **A counting filter** of 65,536 bytes over block addresses: a free whose
 //!   filter byte is zero was certainly not sampled and costs one load.
 //! - **Pending figures** (`pending`): each thread adds to its callsites'
@@ -64,6 +66,11 @@ pub const DEFAULT_MAX_CALLSITES: usize = 16 * 1024;
 pub const DEFAULT_MAX_LIVE_SAMPLES: usize = 256 * 1024;
 
 const STRIPES: usize = 64;
+/// Live-block slots of a stripe's near region: one 4 KiB page.
+const NEAR_PER_STRIPE: usize = 128;
+/// Live-block slots of all near regions, ahead of the configured capacity.
+const NEAR_SLOTS: usize = STRIPES * NEAR_PER_STRIPE;
+const _: () = assert!(NEAR_PER_STRIPE.is_power_of_two());
 const _: () = assert!(STRIPES.is_power_of_two() && FILTER_LEN % STRIPES == 0);
 const FILTER_LEN: usize = 1 << 16;
 const BUSY: u64 = 1 << 63;
@@ -176,7 +183,10 @@ pub(crate) struct Record {
 #[repr(align(64))]
 struct Stripe {
     locked: AtomicBool,
+    /// Blocks in the stripe's far region.
     used: AtomicUsize,
+    /// Blocks in the stripe's near region.
+    near_used: AtomicUsize,
 }
 
 impl Stripe {
@@ -184,6 +194,7 @@ impl Stripe {
         Stripe {
             locked: AtomicBool::new(false),
             used: AtomicUsize::new(0),
+            near_used: AtomicUsize::new(0),
         }
     }
 
@@ -285,7 +296,7 @@ fn tables_ready() -> bool {
     let sites_cap = CONF_SITES.load(Relaxed).next_power_of_two();
     let records_cap = CONF_RECORDS.load(Relaxed).next_power_of_two();
     let sites = map_zeroed(sites_cap * std::mem::size_of::<Site>());
-    let records = map_zeroed(records_cap * std::mem::size_of::<Slot>());
+    let records = map_zeroed((NEAR_SLOTS + records_cap) * std::mem::size_of::<Slot>());
     if sites.is_null() || records.is_null() {
         TABLES.store(TABLES_FAILED, Release);
         return false;
@@ -293,7 +304,7 @@ fn tables_ready() -> bool {
     SITES.store(sites.cast(), Relaxed);
     SITES_CAP.store(sites_cap, Relaxed);
     RECORDS.store(records.cast(), Relaxed);
-    RECORDS_CAP.store(records_cap, Relaxed);
+    RECORDS_CAP.store(NEAR_SLOTS + records_cap, Relaxed);
     register_atfork();
     TABLES.store(TABLES_READY, Release);
     true
@@ -574,11 +585,27 @@ fn stripe_of(ptr: usize) -> (usize, u64) {
     (filter_index_of_hash(h) & (STRIPES - 1), h >> 6)
 }
 
-/// The stripe's part of the record table.
-fn stripe_slots(stripe: usize) -> &'static [Slot] {
+/// The stripe's two regions of the record table: near (one page of its
+/// own, at the start of the table) and far (its share of the configured
+/// capacity).
+///
+/// A block goes to the near region while that is less than half full (so
+/// that missing there costs ~2.5 probes), else to the far one, which fills
+/// to 7/8. The table is mapped lazily, and its pages cost their
+/// first touch (on the machine of BENCHMARKS.md, first touches were most of
+/// what default sampling added to `Off`: 800 page faults on a two-thread
+/// loop); with the near regions, a program that holds fewer than a few
+/// thousand sampled blocks at once touches 64 pages of the table, not a
+/// page per sample until all 2,048 are.
+fn stripe_regions(stripe: usize) -> (&'static [Slot], &'static [Slot]) {
     let all = records();
-    let per = all.len() / STRIPES;
-    all.get(stripe * per..(stripe + 1) * per).unwrap_or(&[])
+    let (near, far) = all.split_at(NEAR_SLOTS.min(all.len()));
+    let per = far.len() / STRIPES;
+    (
+        near.get(stripe * NEAR_PER_STRIPE..(stripe + 1) * NEAR_PER_STRIPE)
+            .unwrap_or(&[]),
+        far.get(stripe * per..(stripe + 1) * per).unwrap_or(&[]),
+    )
 }
 
 fn insert(ptr: usize, rec: Record) -> bool {
@@ -586,15 +613,32 @@ fn insert(ptr: usize, rec: Record) -> bool {
         return false;
     }
     let (stripe, h) = stripe_of(ptr);
-    let slots = stripe_slots(stripe);
-    let cap = slots.len();
     let Some(lock) = STRIPE_LOCKS.get(stripe) else {
         return false;
     };
-    if cap == 0 {
+    let (near, far) = stripe_regions(stripe);
+    if near.is_empty() {
         return false;
     }
     let _g = lock.lock();
+    insert_in(near, &lock.near_used, near.len() / 2, h, ptr, rec)
+        || insert_in(far, &lock.used, far.len() - far.len() / 8, h, ptr, rec)
+}
+
+/// Inserts into one region of a stripe whose lock the caller holds; false
+/// when the region holds `max` blocks already (or is empty).
+fn insert_in(
+    slots: &[Slot],
+    used: &AtomicUsize,
+    max: usize,
+    h: u64,
+    ptr: usize,
+    rec: Record,
+) -> bool {
+    let cap = slots.len();
+    if cap == 0 || used.load(Relaxed) >= max {
+        return false;
+    }
     let mut i = h as usize & (cap - 1);
     // The table is mapped lazily and probed at hash-chosen slots, so this
     // is often the first access to its page. Make that access a write: a
@@ -613,11 +657,8 @@ fn insert(ptr: usize, rec: Record) -> bool {
         let key = slot.key.load(Relaxed);
         if key == 0 || key == ptr {
             if key == 0 {
-                if lock.used.load(Relaxed) >= cap - cap / 8 {
-                    return false;
-                }
                 // Written only under the stripe lock: no RMW needed.
-                lock.used.store(lock.used.load(Relaxed) + 1, Relaxed);
+                used.store(used.load(Relaxed) + 1, Relaxed);
                 filter_add(ptr);
             }
             slot.key.store(ptr, Relaxed);
@@ -634,13 +675,34 @@ fn insert(ptr: usize, rec: Record) -> bool {
 /// Removes and returns the record of the block at `ptr`, if it has one.
 pub(crate) fn take(ptr: usize) -> Option<Record> {
     let (stripe, h) = stripe_of(ptr);
-    let slots = stripe_slots(stripe);
-    let cap = slots.len();
     let lock = STRIPE_LOCKS.get(stripe)?;
-    if cap == 0 {
+    let (near, far) = stripe_regions(stripe);
+    if near.is_empty() {
         return None;
     }
     let _g = lock.lock();
+    // The fuller region first: near alone when sampling by bytes, far
+    // first in exact mode (where the near regions are full).
+    let near = (near, &lock.near_used);
+    let far = (far, &lock.used);
+    let order = if far.1.load(Relaxed) > near.1.load(Relaxed) {
+        [far, near]
+    } else {
+        [near, far]
+    };
+    order
+        .into_iter()
+        .filter(|(_, used)| used.load(Relaxed) > 0)
+        .find_map(|(slots, used)| take_from(slots, used, h, ptr))
+}
+
+/// Removes a block's record from one region of a stripe whose lock the
+/// caller holds.
+fn take_from(slots: &[Slot], used: &AtomicUsize, h: u64, ptr: usize) -> Option<Record> {
+    let cap = slots.len();
+    if cap == 0 {
+        return None;
+    }
     let mask = cap - 1;
     let mut i = h as usize & mask;
     for _ in 0..cap {
@@ -656,8 +718,7 @@ pub(crate) fn take(ptr: usize) -> Option<Record> {
                 weight: slot.weight.load(Relaxed),
             };
             remove_at(slots, i, mask);
-            lock.used
-                .store(lock.used.load(Relaxed).saturating_sub(1), Relaxed);
+            used.store(used.load(Relaxed).saturating_sub(1), Relaxed);
             filter_remove(ptr);
             return Some(rec);
         }
@@ -825,7 +886,7 @@ pub(crate) fn usage() -> TableUsage {
         live_sample_capacity: records().len() as u64,
         live_samples_used: STRIPE_LOCKS
             .iter()
-            .map(|s| s.used.load(Relaxed) as u64)
+            .map(|s| (s.used.load(Relaxed) + s.near_used.load(Relaxed)) as u64)
             .sum(),
         symbol_cache_entries: crate::symbolize::cache_len() as u64,
         shard_overflows: crate::counters::lease_overflows(),

@@ -301,3 +301,52 @@ fn callsite_figures_stay_exact_while_threads_churn_and_others_read() {
         "(allocations, frees, live blocks, live bytes) of each callsite"
     );
 }
+
+/// Makes `n` blocks of 40 bytes into `out`, which has room for them.
+#[inline(never)]
+fn make_many_blocks(n: usize, out: &mut Vec<Box<[u8; 40]>>) {
+    for _ in 0..n {
+        out.push(black_box(Box::new([3u8; 40])));
+    }
+}
+
+#[test]
+fn many_live_blocks_are_tracked_exactly() {
+    // 20,000 live blocks: more than the live-block table's near regions
+    // hold (64 a stripe), so most go to the far regions, and frees find
+    // them in either.
+    let n = 20_000;
+    let mut v = Vec::with_capacity(n);
+    make_many_blocks(n, &mut v);
+    let figures = |snap: &heapwatch::Snapshot| {
+        let s = site(snap, "make_many_blocks");
+        assert_eq!(s.len(), 1, "{s:#?}");
+        (
+            s[0].allocations,
+            s[0].frees,
+            s[0].live_blocks,
+            s[0].live_bytes,
+        )
+    };
+    let snap = heapwatch::snapshot();
+    assert!(
+        snap.tables.live_samples_used >= n as u64,
+        "{:?}",
+        snap.tables
+    );
+    assert_eq!(snap.unattributed.dropped_live_table_full, 0);
+    assert_eq!(figures(&snap), (n as u64, 0, n as u64, 40 * n as u64));
+    // Every other block, from the end.
+    let mut i = 0;
+    v.retain(|_| {
+        i += 1;
+        i % 2 == 0
+    });
+    let half = (n / 2) as u64;
+    assert_eq!(
+        figures(&heapwatch::snapshot()),
+        (n as u64, half, half, 40 * half)
+    );
+    drop(v);
+    assert_eq!(figures(&heapwatch::snapshot()), (n as u64, n as u64, 0, 0));
+}
