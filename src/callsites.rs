@@ -585,27 +585,35 @@ fn stripe_of(ptr: usize) -> (usize, u64) {
     (filter_index_of_hash(h) & (STRIPES - 1), h >> 6)
 }
 
-/// The stripe's two regions of the record table: near (one page of its
-/// own, at the start of the table) and far (its share of the configured
-/// capacity).
+/// A stripe's near region of the record table `all`: one page of its own,
+/// at the start of the table. Its far region ([`far_of`]) is its share of
+/// the configured capacity, behind the near regions.
 ///
-/// A block goes to the near region while that is less than half full (so
-/// that missing there costs ~2.5 probes), else to the far one, which fills
-/// to 7/8. The table is mapped lazily, and its pages cost their
+/// When sampling by bytes, a block goes to the near region while that is
+/// less than half full (so that missing there costs ~2.5 probes), else to
+/// the far one, which fills to 7/8. In exact mode blocks go to the far
+/// region only: every block is sampled there, so the near pages would fill
+/// at once; and while they took exact mode's blocks too, the two-thread
+/// loop in exact mode with frame pointers took 395-400 ms against 336-360
+/// ms with the far regions only (three interleaved runs of each build, the
+/// same but for that). The table is mapped lazily, and its pages cost their
 /// first touch (on the machine of BENCHMARKS.md, first touches were most of
 /// what default sampling added to `Off`: 800 page faults on a two-thread
 /// loop); with the near regions, a program that holds fewer than a few
 /// thousand sampled blocks at once touches 64 pages of the table, not a
 /// page per sample until all 2,048 are.
-fn stripe_regions(stripe: usize) -> (&'static [Slot], &'static [Slot]) {
-    let all = records();
-    let (near, far) = all.split_at(NEAR_SLOTS.min(all.len()));
-    let per = far.len() / STRIPES;
-    (
-        near.get(stripe * NEAR_PER_STRIPE..(stripe + 1) * NEAR_PER_STRIPE)
-            .unwrap_or(&[]),
-        far.get(stripe * per..(stripe + 1) * per).unwrap_or(&[]),
-    )
+#[inline(always)]
+fn near_of(all: &[Slot], stripe: usize) -> &[Slot] {
+    all.get(stripe * NEAR_PER_STRIPE..(stripe + 1) * NEAR_PER_STRIPE)
+        .unwrap_or(&[])
+}
+
+/// A stripe's far region of the record table `all` (see [`near_of`]).
+#[inline(always)]
+fn far_of(all: &[Slot], stripe: usize) -> &[Slot] {
+    let per = all.len().saturating_sub(NEAR_SLOTS) / STRIPES;
+    let start = NEAR_SLOTS + stripe * per;
+    all.get(start..start + per).unwrap_or(&[])
 }
 
 fn insert(ptr: usize, rec: Record) -> bool {
@@ -616,17 +624,25 @@ fn insert(ptr: usize, rec: Record) -> bool {
     let Some(lock) = STRIPE_LOCKS.get(stripe) else {
         return false;
     };
-    let (near, far) = stripe_regions(stripe);
-    if near.is_empty() {
+    let all = records();
+    if all.is_empty() {
         return false;
     }
+    let exact = crate::sampling::is_exact();
     let _g = lock.lock();
-    insert_in(near, &lock.near_used, near.len() / 2, h, ptr, rec)
-        || insert_in(far, &lock.used, far.len() - far.len() / 8, h, ptr, rec)
+    if !exact {
+        let near = near_of(all, stripe);
+        if insert_in(near, &lock.near_used, near.len() / 2, h, ptr, rec) {
+            return true;
+        }
+    }
+    let far = far_of(all, stripe);
+    insert_in(far, &lock.used, far.len() - far.len() / 8, h, ptr, rec)
 }
 
 /// Inserts into one region of a stripe whose lock the caller holds; false
 /// when the region holds `max` blocks already (or is empty).
+#[inline(always)]
 fn insert_in(
     slots: &[Slot],
     used: &AtomicUsize,
@@ -676,28 +692,29 @@ fn insert_in(
 pub(crate) fn take(ptr: usize) -> Option<Record> {
     let (stripe, h) = stripe_of(ptr);
     let lock = STRIPE_LOCKS.get(stripe)?;
-    let (near, far) = stripe_regions(stripe);
-    if near.is_empty() {
+    let all = records();
+    if all.is_empty() {
         return None;
     }
     let _g = lock.lock();
-    // The fuller region first: near alone when sampling by bytes, far
-    // first in exact mode (where the near regions are full).
-    let near = (near, &lock.near_used);
-    let far = (far, &lock.used);
-    let order = if far.1.load(Relaxed) > near.1.load(Relaxed) {
-        [far, near]
+    // Only the near region holds blocks when sampling by bytes (until it
+    // is half full), only the far one in exact mode; both after a switch.
+    if lock.near_used.load(Relaxed) > 0 {
+        let rec = take_from(near_of(all, stripe), &lock.near_used, h, ptr);
+        if rec.is_some() {
+            return rec;
+        }
+    }
+    if lock.used.load(Relaxed) > 0 {
+        take_from(far_of(all, stripe), &lock.used, h, ptr)
     } else {
-        [near, far]
-    };
-    order
-        .into_iter()
-        .filter(|(_, used)| used.load(Relaxed) > 0)
-        .find_map(|(slots, used)| take_from(slots, used, h, ptr))
+        None
+    }
 }
 
 /// Removes a block's record from one region of a stripe whose lock the
 /// caller holds.
+#[inline(always)]
 fn take_from(slots: &[Slot], used: &AtomicUsize, h: u64, ptr: usize) -> Option<Record> {
     let cap = slots.len();
     if cap == 0 {

@@ -100,6 +100,11 @@ pub fn set_sampling(sampling: Sampling) {
 static EXPLICIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Applies the tracker builder's mode unless one was set at run time.
+/// Whether every allocation is sampled now (`Sampling::All`).
+pub(crate) fn is_exact() -> bool {
+    MODE.load(Relaxed) == MODE_ALL
+}
+
 pub(crate) fn configure(sampling: Sampling) {
     if !EXPLICIT.load(Relaxed) {
         store_sampling(sampling);
