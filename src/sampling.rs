@@ -99,12 +99,12 @@ pub fn set_sampling(sampling: Sampling) {
 /// when made before its first allocation applies it.
 static EXPLICIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Applies the tracker builder's mode unless one was set at run time.
 /// Whether every allocation is sampled now (`Sampling::All`).
 pub(crate) fn is_exact() -> bool {
     MODE.load(Relaxed) == MODE_ALL
 }
 
+/// Applies the tracker builder's mode unless one was set at run time.
 pub(crate) fn configure(sampling: Sampling) {
     if !EXPLICIT.load(Relaxed) {
         store_sampling(sampling);

@@ -29,6 +29,14 @@ fn valid_json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
     JSON.get_or_init(|| {
         heapwatch::set_sampling(Sampling::All);
+        // The process's first sample maps the callsite tables, and samples
+        // taken on other threads while that is under way go to the
+        // unattributed row: let the mapping finish first (libtest's threads
+        // allocate too, and were sampled from the line above on).
+        while heapwatch::snapshot().tables.callsite_capacity == 0 {
+            drop(black_box(vec![0u8; 8]));
+            std::thread::yield_now();
+        }
         let kept = some_blocks();
         heapwatch::set_sampling(Sampling::Off);
         let mut snap = heapwatch::snapshot();
