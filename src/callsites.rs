@@ -390,24 +390,24 @@ pub(crate) fn maybe_sampled(ptr: usize) -> bool {
 }
 
 // The filter's counters are written only under the lock of the stripe
-// their blocks belong to: `stripe_of` takes the stripe from the low bits of
+// their blocks belong to: `place_of` takes the stripe from the low bits of
 // the filter index, so every block counted in one filter slot is in one
 // stripe. A plain load and store then suffice (no `lock`-prefixed
 // read-modify-write); readers (`maybe_sampled`) still load atomically.
 
-/// Counts a block into its filter slot. Caller holds the block's stripe
-/// lock.
-fn filter_add(ptr: usize) {
-    if let Some(f) = FILTER.get(filter_index(ptr)) {
+/// Counts a block into its filter slot (`Place::filter`). Caller holds the
+/// block's stripe lock.
+fn filter_add(index: usize) {
+    if let Some(f) = FILTER.get(index) {
         let v = f.load(Relaxed);
         f.store(v.saturating_add(1), Relaxed);
     }
 }
 
-/// Uncounts a block from its filter slot. Caller holds the block's stripe
-/// lock.
-fn filter_remove(ptr: usize) {
-    if let Some(f) = FILTER.get(filter_index(ptr)) {
+/// Uncounts a block from its filter slot (`Place::filter`). Caller holds
+/// the block's stripe lock.
+fn filter_remove(index: usize) {
+    if let Some(f) = FILTER.get(index) {
         let v = f.load(Relaxed);
         // A saturated counter stays saturated: it no longer knows its count.
         if v != u8::MAX && v != 0 {
@@ -578,11 +578,24 @@ pub(crate) fn put_back(ptr: usize, rec: Record) {
     }
 }
 
-/// The block's stripe and its hash within the stripe. The stripe is the
-/// low bits of the block's filter index (see `filter_add`).
-fn stripe_of(ptr: usize) -> (usize, u64) {
+/// Where a block's record lives, from one hash of its address.
+struct Place {
+    /// Its slot in the free filter.
+    filter: usize,
+    /// Its stripe: the low bits of `filter` (see `filter_add`).
+    stripe: usize,
+    /// Its hash within the stripe.
+    h: u64,
+}
+
+fn place_of(ptr: usize) -> Place {
     let h = mix(ptr as u64);
-    (filter_index_of_hash(h) & (STRIPES - 1), h >> 6)
+    let filter = filter_index_of_hash(h);
+    Place {
+        filter,
+        stripe: filter & (STRIPES - 1),
+        h: h >> 6,
+    }
 }
 
 /// A stripe's near region of the record table `all`: one page of its own,
@@ -620,7 +633,8 @@ fn insert(ptr: usize, rec: Record) -> bool {
     if ptr == 0 {
         return false;
     }
-    let (stripe, h) = stripe_of(ptr);
+    let place = place_of(ptr);
+    let stripe = place.stripe;
     let Some(lock) = STRIPE_LOCKS.get(stripe) else {
         return false;
     };
@@ -632,12 +646,12 @@ fn insert(ptr: usize, rec: Record) -> bool {
     let _g = lock.lock();
     if !exact {
         let near = near_of(all, stripe);
-        if insert_in(near, &lock.near_used, near.len() / 2, h, ptr, rec) {
+        if insert_in(near, &lock.near_used, near.len() / 2, &place, ptr, rec) {
             return true;
         }
     }
     let far = far_of(all, stripe);
-    insert_in(far, &lock.used, far.len() - far.len() / 8, h, ptr, rec)
+    insert_in(far, &lock.used, far.len() - far.len() / 8, &place, ptr, rec)
 }
 
 /// Inserts into one region of a stripe whose lock the caller holds; false
@@ -647,7 +661,7 @@ fn insert_in(
     slots: &[Slot],
     used: &AtomicUsize,
     max: usize,
-    h: u64,
+    place: &Place,
     ptr: usize,
     rec: Record,
 ) -> bool {
@@ -655,7 +669,7 @@ fn insert_in(
     if cap == 0 || used.load(Relaxed) >= max {
         return false;
     }
-    let mut i = h as usize & (cap - 1);
+    let mut i = place.h as usize & (cap - 1);
     // The table is mapped lazily and probed at hash-chosen slots, so this
     // is often the first access to its page. Make that access a write: a
     // first read would map the shared zero page, and the write after it
@@ -675,7 +689,7 @@ fn insert_in(
             if key == 0 {
                 // Written only under the stripe lock: no RMW needed.
                 used.store(used.load(Relaxed) + 1, Relaxed);
-                filter_add(ptr);
+                filter_add(place.filter);
             }
             slot.key.store(ptr, Relaxed);
             slot.site.store(rec.site, Relaxed);
@@ -690,7 +704,8 @@ fn insert_in(
 
 /// Removes and returns the record of the block at `ptr`, if it has one.
 pub(crate) fn take(ptr: usize) -> Option<Record> {
-    let (stripe, h) = stripe_of(ptr);
+    let place = place_of(ptr);
+    let stripe = place.stripe;
     let lock = STRIPE_LOCKS.get(stripe)?;
     let all = records();
     if all.is_empty() {
@@ -700,13 +715,13 @@ pub(crate) fn take(ptr: usize) -> Option<Record> {
     // Only the near region holds blocks when sampling by bytes (until it
     // is half full), only the far one in exact mode; both after a switch.
     if lock.near_used.load(Relaxed) > 0 {
-        let rec = take_from(near_of(all, stripe), &lock.near_used, h, ptr);
+        let rec = take_from(near_of(all, stripe), &lock.near_used, &place, ptr);
         if rec.is_some() {
             return rec;
         }
     }
     if lock.used.load(Relaxed) > 0 {
-        take_from(far_of(all, stripe), &lock.used, h, ptr)
+        take_from(far_of(all, stripe), &lock.used, &place, ptr)
     } else {
         None
     }
@@ -715,13 +730,13 @@ pub(crate) fn take(ptr: usize) -> Option<Record> {
 /// Removes a block's record from one region of a stripe whose lock the
 /// caller holds.
 #[inline(always)]
-fn take_from(slots: &[Slot], used: &AtomicUsize, h: u64, ptr: usize) -> Option<Record> {
+fn take_from(slots: &[Slot], used: &AtomicUsize, place: &Place, ptr: usize) -> Option<Record> {
     let cap = slots.len();
     if cap == 0 {
         return None;
     }
     let mask = cap - 1;
-    let mut i = h as usize & mask;
+    let mut i = place.h as usize & mask;
     for _ in 0..cap {
         let slot = slots.get(i)?;
         let key = slot.key.load(Relaxed);
@@ -736,7 +751,7 @@ fn take_from(slots: &[Slot], used: &AtomicUsize, h: u64, ptr: usize) -> Option<R
             };
             remove_at(slots, i, mask);
             used.store(used.load(Relaxed).saturating_sub(1), Relaxed);
-            filter_remove(ptr);
+            filter_remove(place.filter);
             return Some(rec);
         }
         i = (i + 1) & mask;
@@ -755,7 +770,7 @@ fn remove_at(slots: &[Slot], mut hole: usize, mask: usize) {
         if key == 0 {
             break;
         }
-        let home = (stripe_of(key).1 as usize) & mask;
+        let home = (place_of(key).h as usize) & mask;
         // Move `next` into the hole if its home is not in (hole, j].
         let between = if hole <= j {
             hole < home && home <= j
