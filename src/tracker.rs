@@ -160,8 +160,9 @@ impl<A> Tracker<A> {
     }
 
     /// Sets how many sampled blocks can be live at once (rounded up to a
-    /// power of two; memory: 32 bytes each, mapped on first use). 8,192
-    /// more slots (256 KiB) in front of them take blocks first.
+    /// power of two; memory: 32 bytes each, mapped on first use). When
+    /// sampling by bytes, 8,192 more slots (256 KiB) in front of them take
+    /// blocks first.
     #[must_use]
     pub const fn with_max_live_samples(mut self, n: usize) -> Tracker<A> {
         self.config.max_live_samples = n;

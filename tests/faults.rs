@@ -13,6 +13,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use heapwatch::{GrowthCheck, Sampling, Tracker};
 
+mod common;
+
 /// `System`, except that it returns null while the calling thread's flag is
 /// set. (A per-thread flag, so libtest's own threads never see a failure.)
 struct Flaky<A>(A);
@@ -80,22 +82,7 @@ fn flaky_block(layout: Layout) -> *mut u8 {
 /// (allocations, frees, live blocks, live bytes) of `flaky_block`'s
 /// callsites.
 fn flaky_block_site() -> (u64, u64, u64, u64) {
-    heapwatch::snapshot()
-        .callsites
-        .iter()
-        .filter(|c| {
-            c.frames
-                .first()
-                .is_some_and(|f| f.function.ends_with("flaky_block"))
-        })
-        .fold((0, 0, 0, 0), |a, c| {
-            (
-                a.0 + c.allocations,
-                a.1 + c.frees,
-                a.2 + c.live_blocks,
-                a.3 + c.live_bytes,
-            )
-        })
+    common::figures_at(&heapwatch::snapshot(), "flaky_block")
 }
 
 #[test]

@@ -7,6 +7,8 @@ use std::hint::black_box;
 
 use heapwatch::{Sampling, Tracker};
 
+mod common;
+
 #[global_allocator]
 static GLOBAL: Tracker<std::alloc::System> =
     Tracker::new(std::alloc::System).with_sampling(Sampling::Bytes(64));
@@ -31,25 +33,10 @@ fn made_exact(n: usize, out: &mut Blocks) {
     }
 }
 
-/// `(allocations, frees, live blocks, live bytes)` summed over the
-/// callsites whose innermost frame is `function`.
+/// `(allocations, frees, live blocks, live bytes)` of `function`'s
+/// callsites now.
 fn figures(function: &str) -> (u64, u64, u64, u64) {
-    heapwatch::snapshot()
-        .callsites
-        .iter()
-        .filter(|c| {
-            c.frames
-                .first()
-                .is_some_and(|f| f.function.ends_with(function))
-        })
-        .fold((0, 0, 0, 0), |a, c| {
-            (
-                a.0 + c.allocations,
-                a.1 + c.frees,
-                a.2 + c.live_blocks,
-                a.3 + c.live_bytes,
-            )
-        })
+    common::figures_at(&heapwatch::snapshot(), function)
 }
 
 #[test]

@@ -114,8 +114,8 @@ pub(super) fn add(shard: &Shard, slot: u32, shared: &SiteCounters, pair: Pair, w
 fn evict(cache: &Cache, entry: &Entry, key: u64) {
     let seq = cache.seq.load(Relaxed);
     cache.seq.store(seq.wrapping_add(1), Relaxed);
-    // Orders the odd sequence number before the moves below (a reader that
-    // sees any of them, then an unchanged sequence number, cannot be).
+    // Orders the odd sequence number before the moves below: a reader that
+    // sees any of them also sees the sequence number change.
     fence(Release);
     let old = entry.key.load(Relaxed);
     if old != 0 {

@@ -163,3 +163,24 @@ pub fn threads_churn_exact() {
     }
     assert!(d.allocated_bytes >= expected_bytes, "{d:?}");
 }
+
+/// `(allocations, frees, live blocks, live bytes)` summed over the
+/// callsites of `snap` whose innermost frame is a function ending in
+/// `function`.
+pub fn figures_at(snap: &heapwatch::Snapshot, function: &str) -> (u64, u64, u64, u64) {
+    snap.callsites
+        .iter()
+        .filter(|c| {
+            c.frames
+                .first()
+                .is_some_and(|f| f.function.ends_with(function))
+        })
+        .fold((0, 0, 0, 0), |a, c| {
+            (
+                a.0 + c.allocations,
+                a.1 + c.frees,
+                a.2 + c.live_blocks,
+                a.3 + c.live_bytes,
+            )
+        })
+}
