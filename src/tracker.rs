@@ -275,11 +275,16 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // The fast path makes no call but the last one, the inner `dealloc`:
         // with nothing to do after it, it compiles to a jump, and the path
-        // needs no stack frame. Anything else (a sampled block, a credit
-        // surplus to hand back, heapwatch's own blocks, the shared shard)
-        // goes to `dealloc_slow`, also as a tail call.
+        // needs no stack frame. A block that may be sampled goes to
+        // `dealloc_sampled`; anything else (a credit surplus to hand back,
+        // heapwatch's own blocks, the shared shard) to `dealloc_slow`; both
+        // as tail calls.
         if let Some(shard) = counters::fast() {
-            if !callsites::maybe_sampled(ptr as usize) {
+            if callsites::maybe_sampled(ptr as usize) {
+                // SAFETY: the caller upholds `dealloc`'s contract for `ptr`
+                // and `layout`.
+                return unsafe { self.dealloc_sampled(shard, ptr, layout) };
+            } else {
                 let size = layout.size();
                 if budget::release_owned_fast(shard, size) {
                     shard.add_owned(&shard.frees, 1);
@@ -379,6 +384,29 @@ impl<A: GlobalAlloc> Tracker<A> {
     #[inline(never)]
     unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout) {
         on_dealloc_slow(ptr, layout.size());
+        // SAFETY: forwarded from this function's own contract.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    /// `dealloc` of a block the free filter says may be sampled, by a thread
+    /// on the fast path (its own shard, not inside heapwatch): what
+    /// `dealloc_slow` does in that case, without finding the shard and the
+    /// filter slot again. Every block is sampled in exact mode, so every
+    /// free comes here.
+    ///
+    /// # Safety
+    ///
+    /// `dealloc`'s contract for `ptr` and `layout`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_sampled(&self, shard: &Shard, ptr: *mut u8, layout: Layout) {
+        let size = layout.size();
+        if let Some(rec) = callsites::take(ptr as usize) {
+            callsites::record_free(shard, &rec);
+        }
+        shard.add_owned(&shard.frees, 1);
+        shard.add_owned(&shard.freed_bytes, size as u64);
+        budget::release_owned(shard, size);
         // SAFETY: forwarded from this function's own contract.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
