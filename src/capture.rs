@@ -382,15 +382,23 @@ mod fp {
         unsafe {
             std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
         }
+        // Each record must lie above the one before (checked at the end of
+        // the loop), so after this check every `fp` is at least `lo`.
+        if fp < lo {
+            return (0, hash_finish(h, 0));
+        }
+        let top = hi.saturating_sub(16);
         let mut n = 0;
         while n < out.len() {
-            if fp < lo || fp % std::mem::align_of::<usize>() != 0 || fp > hi.saturating_sub(16) {
+            if fp % std::mem::align_of::<usize>() != 0 || fp > top {
                 break;
             }
             // SAFETY: `fp .. fp + 16` lies inside this thread's mapped stack
-            // (checked against its bounds just above) and is aligned, so both
-            // words are readable; a build without frame pointers can make the
-            // values meaningless, never the reads invalid.
+            // (`lo <= fp`: checked before the loop for the first record, and
+            // each record lies above the previous one; `fp <= hi - 16`:
+            // checked just above) and is aligned, so both words are
+            // readable; a build without frame pointers can make the values
+            // meaningless, never the reads invalid.
             let (next, ret) = unsafe {
                 let p = fp as *const usize;
                 (p.read(), p.add(1).read())
