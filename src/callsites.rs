@@ -549,11 +549,10 @@ pub(crate) fn record_alloc(shard: &Shard, ptr: usize, size: usize, weight: u64) 
 /// Adds to a callsite's figures: through the thread's pending cache for a
 /// callsite row, directly for the unattributed row.
 fn count(shard: &Shard, site: u32, pair: Pair, w: u64, bytes: u64) {
-    let shared = counters_of(site);
     if site == UNATTRIBUTED {
-        shared.add(pair, w, bytes);
+        UNATTRIBUTED_ROW.add(pair, w, bytes);
     } else {
-        pending::add(shard, site, shared, pair, w, bytes);
+        pending::add(shard, site, pair, w, bytes);
     }
 }
 

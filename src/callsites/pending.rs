@@ -30,7 +30,6 @@
 
 use std::sync::atomic::{fence, AtomicU64, Ordering::*};
 
-use super::SiteCounters;
 use crate::counters::{self, Shard, SHARDS};
 
 /// Entries in one shard's cache.
@@ -78,24 +77,23 @@ pub(super) enum Pair {
 }
 
 /// Adds `(w, bytes)` to `pair` of callsite `slot` for the thread that holds
-/// `shard`, whose shared counters are `shared`. Allocation-free and
-/// panic-free; plain loads and stores unless an entry is evicted.
+/// `shard`. Allocation-free and panic-free; plain loads and stores unless an
+/// entry is evicted (or the thread is on the shared fallback shard, which
+/// has no cache: then to the callsite's shared counters directly).
 #[inline]
-pub(super) fn add(shard: &Shard, slot: u32, shared: &SiteCounters, pair: Pair, w: u64, bytes: u64) {
-    let cache = if shard.is_exclusive() {
-        CACHES.get(counters::index_of(shard))
+pub(super) fn add(shard: &Shard, slot: u32, pair: Pair, w: u64, bytes: u64) {
+    let entry = if shard.is_exclusive() {
+        CACHES
+            .get(counters::index_of(shard))
+            .and_then(|cache| Some((cache, cache.entries.get(slot as usize % ENTRIES)?)))
     } else {
         None
     };
-    let Some(cache) = cache else {
-        shared.add(pair, w, bytes);
+    let Some((cache, entry)) = entry else {
+        super::counters_of(slot).add(pair, w, bytes);
         return;
     };
     let key = u64::from(slot) + 1;
-    let Some(entry) = cache.entries.get(slot as usize % ENTRIES) else {
-        shared.add(pair, w, bytes);
-        return;
-    };
     if entry.key.load(Relaxed) != key {
         evict(cache, entry, key);
     }
@@ -218,15 +216,15 @@ mod tests {
         assert!(shard.is_exclusive());
         let shared = super::super::counters_of(0);
         let s = 7;
-        add(shard, s, shared, Pair::Alloc, 3, 300);
-        add(shard, s, shared, Pair::Free, 1, 100);
+        add(shard, s, Pair::Alloc, 3, 300);
+        add(shard, s, Pair::Free, 1, 100);
         let mut reads = 0;
         let (seen, pending) = read_with(|| {
             reads += 1;
             if reads == 1 {
                 // Between the reader's look at the caches and at the shared
                 // counters, the holder moves slot `s`'s figures out.
-                add(shard, s + ENTRIES as u32, shared, Pair::Alloc, 1, 8);
+                add(shard, s + ENTRIES as u32, Pair::Alloc, 1, 8);
             }
             shared.load()
         });
@@ -244,10 +242,9 @@ mod tests {
     #[test]
     fn a_threads_figures_are_read_where_it_left_them() {
         let shard = counters::current();
-        let shared = super::super::counters_of(0);
         let s = 21;
-        add(shard, s, shared, Pair::Alloc, 5, 50);
-        add(shard, s, shared, Pair::Alloc, 2, 20);
+        add(shard, s, Pair::Alloc, 5, 50);
+        add(shard, s, Pair::Alloc, 2, 20);
         let (_, pending) = read_with(|| ());
         assert_eq!(pending_of(&pending, s), [7, 70, 0, 0]);
     }
