@@ -252,7 +252,10 @@ fn take_record_slow(ptr: *mut u8) -> Option<Record> {
 // thread's first allocation (which applies the tracker's configuration and
 // leases a shard), threads on the shared shard, heapwatch's own allocations
 // (counted as overhead), allocations that need budget credit (which may be
-// refused), and sampled blocks (whose records move or go). Both paths count
+// refused), and sampled blocks (whose records move or go). One case of the
+// last sits in between: a fast-path `dealloc` of a block the filter marks
+// goes to `dealloc_sampled`, which takes the record out and then counts as
+// the fast path does (every free does this in exact mode). All paths count
 // exactly the same figures.
 
 // SAFETY: every method forwards to `A` with the caller's arguments unchanged
