@@ -6,6 +6,8 @@ use std::hint::black_box;
 
 use heapwatch::{Callsite, Sampling, Tracker};
 
+mod common;
+
 #[global_allocator]
 static GLOBAL: Tracker<std::alloc::System> =
     Tracker::new(std::alloc::System).with_sampling(Sampling::All);
@@ -28,15 +30,8 @@ fn make_large_buffers() -> Vec<Vec<u8>> {
     out
 }
 
-fn site<'a>(snap: &'a heapwatch::Snapshot, function: &str) -> Vec<&'a Callsite> {
-    snap.callsites
-        .iter()
-        .filter(|c| {
-            c.frames
-                .first()
-                .is_some_and(|f| f.function.ends_with(function))
-        })
-        .collect()
+fn site<'a>(snap: &'a heapwatch::Snapshot, function: &'a str) -> Vec<&'a Callsite> {
+    common::callsites_at(snap, function).collect()
 }
 
 #[test]

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use heapwatch::{Sampling, Stats, Tracker};
 
+mod common;
+
 #[global_allocator]
 static GLOBAL: Tracker<System> = Tracker::new(System);
 
@@ -390,22 +392,15 @@ fn check_totals(name: &str, before: &Stats, after: &Stats, phase: &Phase, per_th
 
 /// Sums the figures of every callsite whose innermost frame is `function`.
 fn site_sum(snap: &heapwatch::Snapshot, function: &str) -> (u64, u64, u64, u64, u64) {
-    snap.callsites
-        .iter()
-        .filter(|c| {
-            c.frames
-                .first()
-                .is_some_and(|f| f.function.ends_with(function))
-        })
-        .fold((0, 0, 0, 0, 0), |a, c| {
-            (
-                a.0 + c.allocations,
-                a.1 + c.allocated_bytes,
-                a.2 + c.frees,
-                a.3 + c.freed_bytes,
-                a.4 + c.live_bytes,
-            )
-        })
+    common::callsites_at(snap, function).fold((0, 0, 0, 0, 0), |a, c| {
+        (
+            a.0 + c.allocations,
+            a.1 + c.allocated_bytes,
+            a.2 + c.frees,
+            a.3 + c.freed_bytes,
+            a.4 + c.live_bytes,
+        )
+    })
 }
 
 fn drive() {

@@ -164,23 +164,28 @@ pub fn threads_churn_exact() {
     assert!(d.allocated_bytes >= expected_bytes, "{d:?}");
 }
 
-/// `(allocations, frees, live blocks, live bytes)` summed over the
-/// callsites of `snap` whose innermost frame is a function ending in
+/// The callsites of `snap` whose innermost frame is a function ending in
 /// `function`.
+pub fn callsites_at<'a>(
+    snap: &'a heapwatch::Snapshot,
+    function: &'a str,
+) -> impl Iterator<Item = &'a heapwatch::Callsite> {
+    snap.callsites.iter().filter(move |c| {
+        c.frames
+            .first()
+            .is_some_and(|f| f.function.ends_with(function))
+    })
+}
+
+/// `(allocations, frees, live blocks, live bytes)` summed over
+/// [`callsites_at`]`(snap, function)`.
 pub fn figures_at(snap: &heapwatch::Snapshot, function: &str) -> (u64, u64, u64, u64) {
-    snap.callsites
-        .iter()
-        .filter(|c| {
-            c.frames
-                .first()
-                .is_some_and(|f| f.function.ends_with(function))
-        })
-        .fold((0, 0, 0, 0), |a, c| {
-            (
-                a.0 + c.allocations,
-                a.1 + c.frees,
-                a.2 + c.live_blocks,
-                a.3 + c.live_bytes,
-            )
-        })
+    callsites_at(snap, function).fold((0, 0, 0, 0), |a, c| {
+        (
+            a.0 + c.allocations,
+            a.1 + c.frees,
+            a.2 + c.live_blocks,
+            a.3 + c.live_bytes,
+        )
+    })
 }
