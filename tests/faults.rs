@@ -72,11 +72,14 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Flaky<A> {
 #[global_allocator]
 static GLOBAL: Tracker<Flaky<System>> = Tracker::new(Flaky(System)).with_sampling(Sampling::All);
 
-/// A block from its own function, so its callsite is known.
+/// A block from its own function, so its callsite is known. The result
+/// goes through `black_box` so that the allocator call is not a tail call:
+/// an optimized build would jump to it, leaving no frame of this function
+/// on the stack for the callsite to name.
 #[inline(never)]
 fn flaky_block(layout: Layout) -> *mut u8 {
     // SAFETY: `layout` has a non-zero size.
-    unsafe { std::alloc::alloc(layout) }
+    std::hint::black_box(unsafe { std::alloc::alloc(layout) })
 }
 
 /// (allocations, frees, live blocks, live bytes) of `flaky_block`'s
