@@ -97,8 +97,11 @@ fn budget_refuses_and_the_program_carries_on() {
         .map(|_| {
             let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || {
-                barrier.wait();
+                // `held` is an infallible allocation: made before the race,
+                // or a thread that starts late could find the budget spent
+                // by the others and abort.
                 let mut held: Vec<Vec<u8>> = Vec::with_capacity(1024);
+                barrier.wait();
                 let mut max_reserved = 0;
                 loop {
                     let mut b = Vec::new();
