@@ -416,6 +416,40 @@ fn filter_remove(index: usize) {
     }
 }
 
+/// Makes the first access to every page of `items` a write that changes no
+/// value (a compare-and-swap of 0 for 0: x86 writes the destination back even
+/// when the comparison fails).
+///
+/// Why: a static or freshly mapped table whose first access is a read maps
+/// the shared zero page there, and the first write after it must replace
+/// that page, which flushes the TLB of every CPU the process runs on: an
+/// inter-processor interrupt, costly in a virtual machine. Default sampling
+/// on the two-thread loop of BENCHMARKS.md took such a fault for most pages
+/// of the free filter and the CFI rule cache (`perf`: `do_wp_page` →
+/// `flush_tlb_mm_range`), because every free reads the filter long before a
+/// sample writes to it. Touching the pages first, once, when sampling starts,
+/// leaves no zero page to replace.
+///
+/// `touch` writes to the start of an element, so elements must be at most a
+/// page long (checked at compile time).
+pub(crate) fn touch_pages<T>(items: &[T], touch: impl Fn(&T)) {
+    const { assert!(std::mem::size_of::<T>() <= 4096) };
+    let step = (4096 / std::mem::size_of::<T>().max(1)).max(1);
+    for item in items.iter().step_by(step) {
+        touch(item);
+    }
+    if let Some(last) = items.last() {
+        touch(last);
+    }
+}
+
+/// Touches every page of the free filter (see [`touch_pages`]).
+pub(crate) fn prefault_filter() {
+    touch_pages(&FILTER, |f| {
+        let _ = f.compare_exchange(0, 0, Relaxed, Relaxed);
+    });
+}
+
 /// The callsite table's hash of a stack. Computed in steps
 /// ([`hash_step`], then [`hash_finish`]) so that the frame-pointer walk can
 /// hash each frame as it reads it, where the hashing overlaps the walk's
@@ -449,6 +483,16 @@ fn find_or_insert(frames: &[usize], h: u64) -> Option<u32> {
         return None;
     }
     let mut idx = h as usize & (cap - 1);
+    // When sampling by bytes, make the first access to the home slot's page
+    // a write (see `touch_pages`): the table is mapped lazily, and a new
+    // callsite is usually the first on its page. Samples are rare there, so
+    // the locked no-op costs little; in exact mode every allocation comes
+    // here, so it would cost on every one of them, and is left out.
+    if !crate::sampling::is_exact() {
+        if let Some(home) = table.get(idx) {
+            let _ = home.hash.compare_exchange(0, 0, Relaxed, Relaxed);
+        }
+    }
     for _ in 0..cap {
         let slot = table.get(idx)?;
         let mut cur = slot.hash.load(Acquire);
@@ -943,5 +987,32 @@ mod tests {
     fn site_is_304_bytes_and_slot_32() {
         assert_eq!(std::mem::size_of::<Site>(), 304);
         assert_eq!(std::mem::size_of::<Slot>(), 32);
+    }
+
+    /// Every 4 KiB page a table spans holds a touched element, whatever its
+    /// element size: touched elements are never more than a page apart, and
+    /// the first and last elements are touched.
+    #[test]
+    fn touch_pages_reaches_every_page() {
+        fn check<const N: usize>(len: usize) {
+            let items = vec![[0u8; N]; len];
+            let touched = std::cell::RefCell::new(Vec::new());
+            touch_pages(&items, |e| {
+                touched
+                    .borrow_mut()
+                    .push(e.as_ptr() as usize - items.as_ptr() as usize);
+            });
+            let touched = touched.into_inner();
+            assert_eq!(touched.first(), Some(&0));
+            assert_eq!(touched.last(), Some(&(N * (len - 1))));
+            for pair in touched.windows(2) {
+                assert!(pair[1] - pair[0] <= 4096, "{N} B elements: gap {pair:?}");
+            }
+        }
+        check::<8>(3 * 512 + 7);
+        check::<16>(4096);
+        check::<304>(100);
+        check::<1>(70_000);
+        check::<32>(1);
     }
 }

@@ -92,6 +92,13 @@ pub(crate) fn configure(depth: usize, unwinder: Unwinder) {
     }
 }
 
+/// Touches the unwinders' static tables before sampling starts (see
+/// `callsites::touch_pages`).
+pub(crate) fn prefault() {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    cfi::prefault_cache();
+}
+
 /// How many user frames a callsite keeps: the raw depth less the frames
 /// allowed for heapwatch and the allocation plumbing. Symbolization cuts
 /// every stack to this many frames below its plumbing, so two captures of

@@ -112,6 +112,9 @@ pub(crate) fn configure(sampling: Sampling) {
 }
 
 fn store_sampling(sampling: Sampling) {
+    if sampling != Sampling::Off {
+        prefault_once();
+    }
     match sampling {
         Sampling::Off => MODE.store(MODE_OFF, Relaxed),
         Sampling::All => MODE.store(MODE_ALL, Relaxed),
@@ -127,6 +130,18 @@ fn store_sampling(sampling: Sampling) {
     // next sampling decision instead (see `set_sampling`).
     for shard in counters::all_shards() {
         shard.countdown.store(0, Relaxed);
+    }
+}
+
+/// Before the first mode that samples takes effect: writes to every page of
+/// the free filter and the CFI rule cache, once, so that none of them is
+/// first mapped by a read (`callsites::touch_pages` says why). Allocation-
+/// free: it runs in the hook when the tracker's builder asks for sampling.
+fn prefault_once() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !DONE.swap(true, Relaxed) {
+        crate::callsites::prefault_filter();
+        crate::capture::prefault();
     }
 }
 

@@ -57,6 +57,14 @@ static CACHE: [Slot; CACHE_SLOTS] = [const {
     }
 }; CACHE_SLOTS];
 
+/// Touches every page of the rule cache, so that no page of it is first
+/// mapped by a read (see `callsites::touch_pages`).
+pub(super) fn prefault_cache() {
+    crate::callsites::touch_pages(&CACHE, |slot| {
+        let _ = slot.rule.compare_exchange(0, 0, Relaxed, Relaxed);
+    });
+}
+
 /// How to find the caller's frame from a frame at a given address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Rule {
