@@ -14,13 +14,28 @@
 //! *eviction*). A thread on the shared fallback shard adds to the shared
 //! counters directly.
 //!
-//! Readers ([`fold_into`]) add every cache's figures to the shared ones. A
+//! Readers ([`read_with`]) add every cache's figures to the shared ones. A
 //! pending figure is a counter like any other (it only grows), except
 //! during an eviction, when its value moves from the entry to the shared
-//! counter. Each cache has a sequence number, odd while an eviction is in
-//! progress; a reader that sees any sequence number change while it reads
-//! reads again (a bounded number of times: after a fork, a cache whose
-//! holder was evicting in another thread stays odd in the child forever).
+//! counter: a reader that read the entry before the move and the shared
+//! counter after it would count the value twice, and the next reading
+//! would then show a cumulative figure going down. So no eviction runs
+//! while a reading does:
+//!
+//! - a reader announces itself (`READERS`), then waits until no cache is in
+//!   the middle of an eviction (each cache has a sequence number, odd while
+//!   its holder evicts), then reads;
+//! - a holder about to evict makes its sequence number odd, then looks at
+//!   `READERS`; if a reader is there, it puts the sequence number back and,
+//!   instead of evicting, adds the new figures to the callsite's shared
+//!   counters directly.
+//!
+//! Both sides use sequentially consistent operations for the announcement
+//! and the look, so at least one of them sees the other. During a reading
+//! every entry and every shared counter then only grows, so a reading is
+//! never above a later one and is exact at quiescence. The wait is bounded
+//! (after a fork, a cache whose holder was evicting in another thread stays
+//! odd in the child forever; that cache's figures may then be off).
 //!
 //! An exiting thread's figures stay in its shard's cache, which is read
 //! like the others, and the shard's next holder carries on with it.
@@ -28,7 +43,7 @@
 //! Memory: `SHARDS` caches of `ENTRIES` entries of 40 bytes (static, zero
 //! pages until a thread uses its cache).
 
-use std::sync::atomic::{fence, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 
 use crate::counters::{self, Shard, SHARDS};
 
@@ -67,6 +82,9 @@ impl Cache {
 
 static CACHES: [Cache; SHARDS] = [const { Cache::new() }; SHARDS];
 
+/// Readings in progress: while it is not zero, holders do not evict.
+static READERS: AtomicUsize = AtomicUsize::new(0);
+
 /// Which pair of figures an update adds to.
 #[derive(Clone, Copy)]
 pub(super) enum Pair {
@@ -78,8 +96,9 @@ pub(super) enum Pair {
 
 /// Adds `(w, bytes)` to `pair` of callsite `slot` for the thread that holds
 /// `shard`. Allocation-free and panic-free; plain loads and stores unless an
-/// entry is evicted (or the thread is on the shared fallback shard, which
-/// has no cache: then to the callsite's shared counters directly).
+/// entry is evicted. Directly to the callsite's shared counters when the
+/// thread is on the shared fallback shard (which has no cache), or when the
+/// entry must be evicted while a reading is in progress.
 #[inline]
 pub(super) fn add(shard: &Shard, slot: u32, pair: Pair, w: u64, bytes: u64) {
     let entry = if shard.is_exclusive() {
@@ -94,8 +113,11 @@ pub(super) fn add(shard: &Shard, slot: u32, pair: Pair, w: u64, bytes: u64) {
         return;
     };
     let key = u64::from(slot) + 1;
-    if entry.key.load(Relaxed) != key {
-        evict(cache, entry, key);
+    if entry.key.load(Relaxed) != key && !evict(cache, entry, key) {
+        // A reading is in progress: nothing moves, the figures go straight
+        // to the shared counters.
+        super::counters_of(slot).add(pair, w, bytes);
+        return;
     }
     let i = pair as usize;
     // Only the shard's holder writes its cache: a plain load and store.
@@ -106,78 +128,91 @@ pub(super) fn add(shard: &Shard, slot: u32, pair: Pair, w: u64, bytes: u64) {
 }
 
 /// Moves `entry`'s figures to its callsite's shared counters and gives the
-/// entry to `key`, inside an odd sequence number.
+/// entry to `key`, inside an odd sequence number; true when done. False,
+/// with nothing moved, while a reading is in progress.
 #[cold]
 #[inline(never)]
-fn evict(cache: &Cache, entry: &Entry, key: u64) {
-    let seq = cache.seq.load(Relaxed);
-    cache.seq.store(seq.wrapping_add(1), Relaxed);
-    // Orders the odd sequence number before the moves below: a reader that
-    // sees any of them also sees the sequence number change.
-    fence(Release);
-    let old = entry.key.load(Relaxed);
-    if old != 0 {
-        let shared = super::counters_of((old - 1) as u32);
-        let f: [u64; 4] =
-            std::array::from_fn(|i| entry.figures.get(i).map_or(0, |c| c.load(Relaxed)));
-        shared.add(Pair::Alloc, f[0], f[1]);
-        shared.add(Pair::Free, f[2], f[3]);
+fn evict(cache: &Cache, entry: &Entry, key: u64) -> bool {
+    if entry.key.load(Relaxed) == 0 {
+        // Never used (its figures are zero): nothing moves, so a reading in
+        // progress sees at most figures that grow.
+        entry.key.store(key, Relaxed);
+        return true;
     }
+    let seq = cache.seq.load(Relaxed);
+    // Odd first, then the look at READERS, both sequentially consistent: a
+    // reader that announced itself before this look is seen here, and one
+    // that announces itself after it sees the odd number and waits.
+    cache.seq.swap(seq.wrapping_add(1), SeqCst);
+    if READERS.load(SeqCst) != 0 {
+        cache.seq.store(seq.wrapping_add(2), Release);
+        return false;
+    }
+    let old = entry.key.load(Relaxed);
+    let shared = super::counters_of((old - 1) as u32);
+    let f: [u64; 4] = std::array::from_fn(|i| entry.figures.get(i).map_or(0, |c| c.load(Relaxed)));
+    shared.add(Pair::Alloc, f[0], f[1]);
+    shared.add(Pair::Free, f[2], f[3]);
     for c in &entry.figures {
         c.store(0, Relaxed);
     }
     entry.key.store(key, Relaxed);
+    // Even again, publishing the move to a reader that waits for it.
     cache.seq.store(seq.wrapping_add(2), Release);
+    true
 }
 
-/// How many times a reader reads again when an eviction overlapped its
-/// reading, before it keeps the last reading.
-const READ_ATTEMPTS: usize = 64;
+/// How long a reader waits, in all, for evictions in progress to finish.
+/// An eviction is a few dozen instructions, so this is only reached when
+/// its thread was preempted in the middle for that long, or, after a fork,
+/// by a cache its holder left odd in the parent (each reading in that
+/// child then waits this long).
+const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Holds an announced reading; withdraws it when dropped.
+struct Reading;
+
+impl Reading {
+    fn announce() -> Reading {
+        READERS.fetch_add(1, SeqCst);
+        Reading
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        READERS.fetch_sub(1, Release);
+    }
+}
 
 /// Reads the shared counters with `read_shared`, and every thread's pending
 /// figures as `(slot, [allocs_w, alloc_bytes, frees_w, freed_bytes])`, for
-/// the caller to add up; reads again while evictions overlap the reading.
-/// Allocates: call outside the hook.
-pub(super) fn read_with<T>(mut read_shared: impl FnMut() -> T) -> (T, Vec<(u32, [u64; 4])>) {
-    let mut seqs = [0u64; SHARDS];
-    let mut pending: Vec<(u32, [u64; 4])> = Vec::new();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let last = attempt >= READ_ATTEMPTS;
-        let mut odd = false;
-        for (s, cache) in seqs.iter_mut().zip(&CACHES) {
-            *s = cache.seq.load(Acquire);
-            odd |= *s & 1 == 1;
-        }
-        if odd && !last {
+/// the caller to add up, with no eviction running meanwhile (see the module
+/// docs). Allocates: call outside the hook.
+pub(super) fn read_with<T>(read_shared: impl FnOnce() -> T) -> (T, Vec<(u32, [u64; 4])>) {
+    let _reading = Reading::announce();
+    let start = std::time::Instant::now();
+    for cache in &CACHES {
+        // Acquire: a finished eviction's moves are seen below.
+        while cache.seq.load(SeqCst) & 1 == 1 && start.elapsed() < EVICTION_WAIT {
             std::thread::yield_now();
-            continue;
-        }
-        pending.clear();
-        for cache in &CACHES {
-            for e in &cache.entries {
-                let key = e.key.load(Relaxed);
-                if key == 0 {
-                    continue;
-                }
-                let f: [u64; 4] =
-                    std::array::from_fn(|i| e.figures.get(i).map_or(0, |c| c.load(Relaxed)));
-                if f != [0; 4] {
-                    pending.push(((key - 1) as u32, f));
-                }
-            }
-        }
-        let shared = read_shared();
-        fence(Acquire);
-        let unchanged = seqs
-            .iter()
-            .zip(&CACHES)
-            .all(|(s, cache)| cache.seq.load(Relaxed) == *s);
-        if unchanged || last {
-            return (shared, pending);
         }
     }
+    let mut pending: Vec<(u32, [u64; 4])> = Vec::new();
+    for cache in &CACHES {
+        for e in &cache.entries {
+            let key = e.key.load(Relaxed);
+            if key == 0 {
+                continue;
+            }
+            let f: [u64; 4] =
+                std::array::from_fn(|i| e.figures.get(i).map_or(0, |c| c.load(Relaxed)));
+            if f != [0; 4] {
+                pending.push(((key - 1) as u32, f));
+            }
+        }
+    }
+    (read_shared(), pending)
 }
 
 /// Bytes of the caches (static).
@@ -207,45 +242,153 @@ mod tests {
             })
     }
 
+    /// The tests below add to the unattributed row (no tracker is
+    /// installed in unit tests: the callsite table is not mapped, so every
+    /// slot's shared counters are that row) and check its figures, so they
+    /// take turns. Other tests of this binary take snapshots at any time,
+    /// and a snapshot is a reading: these tests must hold whether or not
+    /// an eviction they make is deferred by one.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// The entry of `slot` in the calling thread's cache: (key, figures).
+    fn own_entry(shard: &Shard, slot: u32) -> (u64, [u64; 4]) {
+        let cache = &CACHES[counters::index_of(shard)];
+        let e = &cache.entries[slot as usize % ENTRIES];
+        (
+            e.key.load(Relaxed),
+            std::array::from_fn(|i| e.figures[i].load(Relaxed)),
+        )
+    }
+
+    /// `[allocs_w, alloc_bytes, frees_w, freed_bytes]` of slots `s` and
+    /// `t` together, shared counters included, in one reading.
+    fn total_of(s: u32, t: u32) -> [u64; 4] {
+        let shared = super::super::counters_of(s);
+        let (row, pending) = read_with(|| shared.load());
+        let (p, q) = (pending_of(&pending, s), pending_of(&pending, t));
+        std::array::from_fn(|i| row[i] + p[i] + q[i])
+    }
+
     #[test]
-    fn an_eviction_during_a_reading_is_not_counted_twice() {
-        // No tracker is installed in unit tests: the callsite table is not
-        // mapped, so every slot's shared counters are the unattributed row.
-        // Slots `s` and `s + ENTRIES` share a cache entry.
+    fn nothing_moves_during_a_reading() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // Slots `s` and `t` share a cache entry.
         let shard = counters::current();
         assert!(shard.is_exclusive());
         let shared = super::super::counters_of(0);
-        let s = 7;
-        add(shard, s, Pair::Alloc, 3, 300);
+        let (s, t) = (7, 7 + ENTRIES as u32);
+        let start = total_of(s, t);
+        // Put `s` in the entry (another test's reading may defer the move
+        // of what the entry held: then try again).
+        let mut adds = 0;
+        while own_entry(shard, s).0 != u64::from(s) + 1 {
+            add(shard, s, Pair::Alloc, 3, 300);
+            adds += 1;
+        }
         add(shard, s, Pair::Free, 1, 100);
-        let mut reads = 0;
-        let (seen, pending) = read_with(|| {
-            reads += 1;
-            if reads == 1 {
-                // Between the reader's look at the caches and at the shared
-                // counters, the holder moves slot `s`'s figures out.
-                add(shard, s + ENTRIES as u32, Pair::Alloc, 1, 8);
-            }
-            shared.load()
+        let (_, held) = own_entry(shard, s);
+        assert_eq!(held, [3, 300, 1, 100], "added in the cache");
+        let (during, pending) = read_with(|| {
+            let before = shared.load();
+            // While this thread reads, it adds to a slot that would evict
+            // `s`: the figures go to the shared counters directly.
+            add(shard, t, Pair::Alloc, 1, 8);
+            let after = shared.load();
+            assert_eq!(after[0] - before[0], 1, "added to the shared counters");
+            after
         });
-        assert_eq!(reads, 2, "the overlapping eviction makes it read again");
-        assert_eq!(
-            pending_of(&pending, s),
-            [0; 4],
-            "moved to the shared counters"
+        assert_eq!(pending_of(&pending, s), held, "not moved");
+        assert_eq!(pending_of(&pending, t), [0; 4]);
+        assert_eq!(own_entry(shard, s), (u64::from(s) + 1, held));
+        // With no reading in progress an add to `t` evicts `s` (retried
+        // while another test's reading defers it).
+        let mut more = 0;
+        while own_entry(shard, t).0 != u64::from(t) + 1 {
+            add(shard, t, Pair::Alloc, 1, 8);
+            more += 1;
+        }
+        let (after, pending) = read_with(|| shared.load());
+        assert_eq!(pending_of(&pending, s), [0; 4], "moved");
+        assert_eq!(pending_of(&pending, t), [1, 8, 0, 0]);
+        assert!(
+            after[0] >= during[0] + 3,
+            "the move reached the shared counters"
         );
-        assert_eq!(pending_of(&pending, s + ENTRIES as u32), [1, 8, 0, 0]);
-        let (again, _) = read_with(|| shared.load());
-        assert_eq!(seen, again, "no eviction since: the same shared figures");
+        // Nothing lost, nothing counted twice.
+        let end = total_of(s, t);
+        assert_eq!(
+            [end[0] - start[0], end[1] - start[1]],
+            [3 * adds + 1 + more, 300 * adds + 8 + 8 * more]
+        );
+        assert_eq!([end[2] - start[2], end[3] - start[3]], [1, 100]);
+    }
+
+    #[test]
+    fn readings_lie_between_the_truth_before_and_after_while_a_thread_evicts() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // A thread alternates between runs of adds to two slots that share
+        // its cache entry, so each switch evicts the other slot's figures to
+        // the shared counters (the unattributed row, as above), while this
+        // thread reads. Each reading of the two slots' total must lie
+        // between the adds done when it began and when it ended: a move
+        // counted twice would put it above, one missed below. (The
+        // `Mutex` keeps the other tests of this module from adding to the
+        // row meanwhile.)
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        const ADDS: u64 = 2_000_000;
+        const RUN: u64 = 1_000;
+        let (s, t) = (11, 11 + ENTRIES as u32);
+        let total = || total_of(s, t)[0];
+        let start = total();
+        let done = Arc::new(AtomicU64::new(0));
+        let started = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (done, started) = (Arc::clone(&done), Arc::clone(&started));
+            std::thread::spawn(move || {
+                let shard = counters::current();
+                assert!(shard.is_exclusive());
+                started.store(true, Relaxed);
+                for i in 0..ADDS {
+                    let slot = if (i / RUN) % 2 == 0 { s } else { t };
+                    add(shard, slot, Pair::Alloc, 1, 1);
+                    done.store(i + 1, Release);
+                }
+            })
+        };
+        while !started.load(Relaxed) {
+            std::hint::spin_loop();
+        }
+        let mut readings = 0;
+        while !worker.is_finished() {
+            let before = done.load(Acquire);
+            let now = total() - start;
+            let after = done.load(Acquire);
+            // `done` follows each add, so a reading may see one add more.
+            assert!(
+                (before..=after + 1).contains(&now),
+                "a reading of {now} adds, made while {before}..={after} were done"
+            );
+            readings += 1;
+        }
+        worker.join().unwrap();
+        assert!(readings > 0);
+        assert_eq!(total() - start, ADDS, "every add counted once at the end");
     }
 
     #[test]
     fn a_threads_figures_are_read_where_it_left_them() {
-        let shard = counters::current();
-        let s = 21;
-        add(shard, s, Pair::Alloc, 5, 50);
-        add(shard, s, Pair::Alloc, 2, 20);
-        let (_, pending) = read_with(|| ());
-        assert_eq!(pending_of(&pending, s), [7, 70, 0, 0]);
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let (s, t) = (21, 21 + ENTRIES as u32);
+        let start = total_of(s, t);
+        std::thread::spawn(move || {
+            let shard = counters::current();
+            add(shard, s, Pair::Alloc, 5, 50);
+            add(shard, s, Pair::Alloc, 2, 20);
+        })
+        .join()
+        .unwrap();
+        let end = total_of(s, t);
+        assert_eq!([end[0] - start[0], end[1] - start[1]], [7, 70]);
     }
 }
