@@ -190,13 +190,21 @@ static SEEDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 /// path. Only the slow path reads the mode.
 #[inline(always)]
 pub(crate) fn should_sample(shard: &Shard, size: usize) -> Option<u64> {
-    let left = shard.countdown.load(Relaxed).wrapping_sub(size as i64);
-    shard.countdown.store(left, Relaxed);
-    if left >= 0 {
+    if countdown_left(shard, size) {
         None
     } else {
         sample_slow(shard, size)
     }
+}
+
+/// The countdown part of [`should_sample`]: takes `size` off the calling
+/// thread's countdown; true while it has not run out (no sample), false
+/// when the slow path must decide (`sample_slow`).
+#[inline(always)]
+pub(crate) fn countdown_left(shard: &Shard, size: usize) -> bool {
+    let left = shard.countdown.load(Relaxed).wrapping_sub(size as i64);
+    shard.countdown.store(left, Relaxed);
+    left >= 0
 }
 
 /// Bytes a thread allocates in `Off` mode between two looks at the mode, so
@@ -205,9 +213,10 @@ pub(crate) fn should_sample(shard: &Shard, size: usize) -> Option<u64> {
 /// overwrite the reset).
 const OFF_RECHECK: i64 = 64 * 1024;
 
+/// The decision [`should_sample`] makes once the countdown has run out.
 #[cold]
 #[inline(never)]
-fn sample_slow(shard: &Shard, size: usize) -> Option<u64> {
+pub(crate) fn sample_slow(shard: &Shard, size: usize) -> Option<u64> {
     match MODE.load(Relaxed) {
         MODE_OFF => {
             shard.countdown.store(OFF_RECHECK, Relaxed);

@@ -510,7 +510,19 @@ fn on_alloc_owned(shard: &Shard, ptr: *mut u8, size: usize) {
     budget::consume_owned(shard, size);
     shard.add_owned(&shard.allocs, 1);
     shard.add_owned(&shard.alloc_bytes, size as u64);
-    if let Some(weight) = sampling::should_sample(shard, size) {
+    if !sampling::countdown_left(shard, size) {
+        sample_and_record(shard, ptr, size);
+    }
+}
+
+/// The sampling decision once the countdown ran out, and the record if it
+/// samples: one out-of-line call, so that the fast path has as few calls
+/// as it can (and is small enough for the compiler to inline it into the
+/// program's callers, as it does with a bare jemalloc).
+#[cold]
+#[inline(never)]
+fn sample_and_record(shard: &Shard, ptr: *mut u8, size: usize) {
+    if let Some(weight) = sampling::sample_slow(shard, size) {
         record_sampled(shard, ptr, size, weight);
     }
 }
