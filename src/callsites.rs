@@ -315,14 +315,16 @@ fn tables_ready() -> bool {
 /// return early on empty tables).
 fn register_atfork() {
     // SAFETY: the three handlers are `extern "C" fn()`s that live for the
-    // whole program, touch only the static `STRIPE_LOCKS`, never allocate
-    // through the global allocator and never unwind. A failure (ENOMEM) only
-    // leaves forks unprotected, as before this handler existed.
+    // whole program, touch only static atomics (`STRIPE_LOCKS`, and in the
+    // child the pending caches' `READERS` and sequence numbers), never
+    // allocate through the global allocator and never unwind. A failure
+    // (ENOMEM) only leaves forks unprotected, as before this handler
+    // existed.
     let _ = unsafe {
         libc::pthread_atfork(
             Some(atfork_prepare),
             Some(atfork_release),
-            Some(atfork_release),
+            Some(atfork_child),
         )
     };
 }
@@ -344,6 +346,14 @@ extern "C" fn atfork_release() {
     for stripe in &STRIPE_LOCKS {
         stripe.locked.store(false, Release);
     }
+}
+
+/// After `fork`, in the child: releases the stripe locks, and clears what
+/// threads that the child does not have left in the pending caches (see
+/// `pending::after_fork_in_child`).
+extern "C" fn atfork_child() {
+    atfork_release();
+    pending::after_fork_in_child();
 }
 
 fn sites() -> &'static [Site] {

@@ -33,9 +33,9 @@
 //! Both sides use sequentially consistent operations for the announcement
 //! and the look, so at least one of them sees the other. During a reading
 //! every entry and every shared counter then only grows, so a reading is
-//! never above a later one and is exact at quiescence. The wait is bounded
-//! (after a fork, a cache whose holder was evicting in another thread stays
-//! odd in the child forever; that cache's figures may then be off).
+//! never above a later one and is exact at quiescence. The wait is bounded,
+//! and a fork leaves no reading or eviction of the parent's other threads
+//! behind in the child ([`after_fork_in_child`]).
 //!
 //! An exiting thread's figures stay in its shard's cache, which is read
 //! like the others, and the shard's next holder carries on with it.
@@ -164,10 +164,25 @@ fn evict(cache: &Cache, entry: &Entry, key: u64) -> bool {
 
 /// How long a reader waits, in all, for evictions in progress to finish.
 /// An eviction is a few dozen instructions, so this is only reached when
-/// its thread was preempted in the middle for that long, or, after a fork,
-/// by a cache its holder left odd in the parent (each reading in that
-/// child then waits this long).
+/// its thread was preempted in the middle for that long.
 const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// In the child of a `fork` (from the fork handler): its only thread is the
+/// one that forked, which was neither reading nor evicting, so readings
+/// announced by other threads of the parent are withdrawn (else the child
+/// would never evict again), and a cache whose holder was in the middle of
+/// an eviction is made even again (else every reading would wait for it).
+/// That one entry's figures may then be counted twice, or not at all, in
+/// the child. Async-signal-safe: atomic stores only.
+pub(super) fn after_fork_in_child() {
+    READERS.store(0, Relaxed);
+    for cache in &CACHES {
+        let seq = cache.seq.load(Relaxed);
+        if seq & 1 == 1 {
+            cache.seq.store(seq.wrapping_add(1), Relaxed);
+        }
+    }
+}
 
 /// Holds an announced reading; withdraws it when dropped.
 struct Reading;
