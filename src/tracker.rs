@@ -539,8 +539,8 @@ fn on_realloc_owned(shard: &Shard, p: *mut u8, old_size: usize, new_size: usize)
     shard.add_owned(&shard.reallocs, 1);
     shard.add_owned(&shard.alloc_bytes, new_size as u64);
     shard.add_owned(&shard.freed_bytes, old_size as u64);
-    if let Some(weight) = sampling::should_sample(shard, new_size) {
-        record_sampled(shard, p, new_size, weight);
+    if !sampling::countdown_left(shard, new_size) {
+        sample_and_record(shard, p, new_size);
     }
 }
 
