@@ -59,6 +59,13 @@ struct Entry {
     figures: [AtomicU64; 4],
 }
 
+impl Entry {
+    /// The entry's figures, `[allocs_w, alloc_bytes, frees_w, freed_bytes]`.
+    fn load(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.figures.get(i).map_or(0, |c| c.load(Relaxed)))
+    }
+}
+
 #[repr(C, align(128))]
 struct Cache {
     /// Odd while the holder is evicting an entry.
@@ -133,7 +140,8 @@ pub(super) fn add(shard: &Shard, slot: u32, pair: Pair, w: u64, bytes: u64) {
 #[cold]
 #[inline(never)]
 fn evict(cache: &Cache, entry: &Entry, key: u64) -> bool {
-    if entry.key.load(Relaxed) == 0 {
+    let old = entry.key.load(Relaxed);
+    if old == 0 {
         // Never used (its figures are zero): nothing moves, so a reading in
         // progress sees at most figures that grow.
         entry.key.store(key, Relaxed);
@@ -148,9 +156,8 @@ fn evict(cache: &Cache, entry: &Entry, key: u64) -> bool {
         cache.seq.store(seq.wrapping_add(2), Release);
         return false;
     }
-    let old = entry.key.load(Relaxed);
     let shared = super::counters_of((old - 1) as u32);
-    let f: [u64; 4] = std::array::from_fn(|i| entry.figures.get(i).map_or(0, |c| c.load(Relaxed)));
+    let f = entry.load();
     shared.add(Pair::Alloc, f[0], f[1]);
     shared.add(Pair::Free, f[2], f[3]);
     for c in &entry.figures {
@@ -220,8 +227,7 @@ pub(super) fn read_with<T>(read_shared: impl FnOnce() -> T) -> (T, Vec<(u32, [u6
             if key == 0 {
                 continue;
             }
-            let f: [u64; 4] =
-                std::array::from_fn(|i| e.figures.get(i).map_or(0, |c| c.load(Relaxed)));
+            let f = e.load();
             if f != [0; 4] {
                 pending.push(((key - 1) as u32, f));
             }
@@ -269,10 +275,7 @@ mod tests {
     fn own_entry(shard: &Shard, slot: u32) -> (u64, [u64; 4]) {
         let cache = &CACHES[counters::index_of(shard)];
         let e = &cache.entries[slot as usize % ENTRIES];
-        (
-            e.key.load(Relaxed),
-            std::array::from_fn(|i| e.figures[i].load(Relaxed)),
-        )
+        (e.key.load(Relaxed), e.load())
     }
 
     /// `[allocs_w, alloc_bytes, frees_w, freed_bytes]` of slots `s` and
