@@ -266,11 +266,20 @@ fn routes_history_diff_and_shutdown() {
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().contains("base"));
 
-    // Leaks.
-    let r = get(addr, "/heap/leaks");
+    // Leaks. Slopes need two points at distinct times; a fast build can
+    // get here with two snapshots taken in the same millisecond, so wait
+    // (bounded) for the history to span some time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (r, l) = loop {
+        let r = get(addr, "/heap/leaks");
+        let l = r.json();
+        if l["enough_data"] == true || std::time::Instant::now() > deadline {
+            break (r, l);
+        }
+        std::thread::sleep(Duration::from_millis(interval_ms));
+    };
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
-    let l = r.json();
     for key in [
         "window_ms",
         "points",
