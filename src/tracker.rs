@@ -212,11 +212,14 @@ fn on_alloc(shard: &Shard, ptr: *mut u8, size: usize) {
     }
 }
 
+/// Records a sampled block; returns `ptr`, so that a caller can end with
+/// it as a tail call (a frame less for every capture to walk).
 #[cold]
 #[inline(never)]
-fn record_sampled(shard: &Shard, ptr: *mut u8, size: usize, weight: u64) {
+fn record_sampled(shard: &Shard, ptr: *mut u8, size: usize, weight: u64) -> *mut u8 {
     let _guard = Guard::enter();
     callsites::record_alloc(shard, ptr as usize, size, weight);
+    ptr
 }
 
 /// Takes a sampled block's record out before the block is freed or moved.
@@ -439,18 +442,27 @@ impl<A: GlobalAlloc> Tracker<A> {
             // SAFETY: forwarded from this function's own contract.
             unsafe { self.inner_alloc(layout, zeroed) }
         };
-        if !p.is_null() {
-            shard.add_owned_i(&shard.credit, -(size as i64));
-            shard.add_owned(&shard.allocs, 1);
-            shard.add_owned(&shard.alloc_bytes, size as u64);
-            if !sampling::countdown_left(shard, size) {
-                if let Some(weight) = sampling::sample_slow(shard, size) {
-                    record_sampled(shard, p, size, weight);
-                }
-            }
+        if p.is_null() {
+            budget::grant(shard);
+            return p;
         }
+        shard.add_owned_i(&shard.credit, -(size as i64));
+        shard.add_owned(&shard.allocs, 1);
+        shard.add_owned(&shard.alloc_bytes, size as u64);
+        let weight = if sampling::countdown_left(shard, size) {
+            None
+        } else {
+            sampling::sample_slow(shard, size)
+        };
+        // After the sampling decision, which sets the countdown the new
+        // allowance must end before.
         budget::grant(shard);
-        p
+        match weight {
+            // Last, as a tail call: no frame of this function under the
+            // stack the record captures.
+            Some(weight) => record_sampled(shard, p, size, weight),
+            None => p,
+        }
     }
 
     /// The general path of `dealloc`: the bookkeeping, then the inner
