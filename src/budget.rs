@@ -9,11 +9,8 @@
 //! credit locally: most allocations touch only the thread's own shard. When
 //! a thread's credit runs out it draws again with a compare-and-swap that
 //! never lets the reservation pass the budget (near the budget it draws
-//! exactly what it needs). Up to `CHUNK_BYTES` of a thread's credit is set
-//! aside as the *allowance* that the hook's fast path spends with a single
-//! check (see "the fast path's allowance" below). Frees give credit back to
-//! the freeing thread, which keeps at most `2 × CHUNK_BYTES` (allowance
-//! included) and returns the rest to the pool.
+//! exactly what it needs). Frees give credit back to the freeing thread,
+//! which returns anything above `2 × CHUNK_BYTES` to the pool.
 //!
 //! Consequences, which the tests check:
 //!
@@ -606,12 +603,6 @@ pub(crate) fn admit(shard: &Shard, size: usize) -> bool {
     admit_slow(shard, size as u64)
 }
 
-/// [`admit`] for the calling thread's own leased shard.
-#[inline(always)]
-pub(crate) fn admit_owned(shard: &Shard, size: usize) -> bool {
-    shard.credit.load(Relaxed) >= size as i64 || admit_slow(shard, size as u64)
-}
-
 #[cold]
 #[inline(never)]
 fn admit_slow(shard: &Shard, size: u64) -> bool {
@@ -662,115 +653,44 @@ fn admit_slow(shard: &Shard, size: u64) -> bool {
     true
 }
 
-// ---- the fast path's allowance -------------------------------------------
-//
-// The fast path of `alloc` and `realloc` checks `Shard::allowance` alone
-// before the inner call, and takes the bytes off it after a success. The
-// allowance is credit the owner set aside ([`grant`]): at most `HOLD` bytes,
-// and never more than the bytes left before the thread's next sample, so
-// the fast path can neither pass the budget nor step over a sampling point.
-// When it does not cover an allocation, the general path takes what is left
-// of it back into `credit` ([`reclaim`]), does its work on `credit` and the
-// sampling countdown, and grants a new allowance.
-//
-// Frees give their bytes back to `credit`; the fast path of `dealloc` does
-// that while `credit` stays at most `HOLD`, else the owner rebalances
-// ([`release_owned`]). A shard therefore holds at most `2 × HOLD` =
-// `2 × CHUNK_BYTES` (credit plus allowance) after every operation.
-//
-// What the fast path spent is not read back from `allowance`: it is what
-// the thread's `alloc_bytes` grew by since the grant (the fast paths add to
-// `alloc_bytes` exactly what they take off the allowance, and the general
-// paths reclaim before they count). So `allowance` is only a trigger, and
-// another thread may set it to 0 at any time ([`mark`]) to send the owner
-// to its general path at its next allocation: a mark that the owner's own
-// store overwrites is lost, which is harmless.
-
-/// The most a shard keeps as allowance, and as credit after a free.
-const HOLD: i64 = CHUNK_BYTES as i64;
-
-/// Owner only, outside a fast-path call: takes the unspent allowance back
-/// into `credit` and counts what the fast path spent since the last
-/// [`grant`] against the sampling countdown. Idempotent.
-#[inline]
-pub(crate) fn reclaim(shard: &Shard) {
-    let granted = shard.granted.load(Relaxed);
-    if granted == 0 {
-        // Nothing granted: the allowance is 0 (or -n after a mark that met
-        // the fast path), and fails every check already.
-        return;
-    }
-    shard.allowance.store(0, Relaxed);
-    let spent = shard
-        .alloc_bytes
-        .load(Relaxed)
-        .wrapping_sub(shard.granted_at.load(Relaxed)) as i64;
-    shard.granted.store(0, Relaxed);
-    shard.add_owned_i(&shard.credit, granted.wrapping_sub(spent));
-    crate::sampling::spent(shard, spent);
-}
-
-/// Owner only, outside a fast-path call, after [`reclaim`] (with no grant
-/// since): sets aside a new allowance from `credit` (at most `HOLD`, at most
-/// the bytes left before the next sample) and returns credit above `HOLD`
-/// to the pool. In exact mode there is nothing to set aside.
-#[inline]
-pub(crate) fn grant(shard: &Shard) {
-    let mut credit = shard.credit.load(Relaxed);
-    let e = credit
-        .min(HOLD)
-        .min(crate::sampling::bytes_to_next_sample(shard));
-    if e > 0 {
-        credit -= e;
-        shard.credit.store(credit, Relaxed);
-        shard.granted.store(e, Relaxed);
-        shard
-            .granted_at
-            .store(shard.alloc_bytes.load(Relaxed), Relaxed);
-        shard.allowance.store(e, Relaxed);
-    }
-    if credit > HOLD {
-        release_slow(shard, credit);
-    }
-}
-
-/// Any thread: sends the shard's owner to its general path at its next
-/// allocation (unless the owner is allocating at this instant and
-/// overwrites it).
-pub(crate) fn mark(shard: &Shard) {
-    shard.allowance.store(0, Relaxed);
-}
-
-/// [`release`] on the hook's fast path of `dealloc`: gives the bytes back
-/// as credit and returns true, unless that would leave the shard more than
-/// `HOLD`; then it changes nothing and returns false, and the caller takes
-/// the general path ([`release_owned`]).
+/// [`admit`] for the calling thread's own leased shard, on the hook's fast
+/// path: true if the shard's credit covers `size`. When false, take the
+/// general path ([`admit`]), which reserves more or refuses.
 #[inline(always)]
-pub(crate) fn release_fast(shard: &Shard, size: usize) -> bool {
+pub(crate) fn admit_owned(shard: &Shard, size: usize) -> bool {
+    shard.credit.load(Relaxed) >= size as i64
+}
+
+/// [`consume`] for the calling thread's own leased shard.
+#[inline(always)]
+pub(crate) fn consume_owned(shard: &Shard, size: usize) {
+    let c = shard.credit.load(Relaxed).wrapping_sub(size as i64);
+    shard.credit.store(c, Relaxed);
+}
+
+/// [`release`] for the calling thread's own leased shard on the hook's
+/// fast path: gives the bytes back as credit and returns true, unless that
+/// would leave the shard holding more than it may keep; then it changes
+/// nothing and returns false, and the caller takes the general path
+/// ([`release`]), which hands the surplus back to the pool.
+#[inline(always)]
+pub(crate) fn release_owned_fast(shard: &Shard, size: usize) -> bool {
     let c = shard.credit.load(Relaxed).wrapping_add(size as i64);
-    if c > HOLD {
+    if c > 2 * CHUNK_BYTES as i64 {
         return false;
     }
     shard.credit.store(c, Relaxed);
     true
 }
 
-/// [`release`] for the calling thread's own leased shard, outside a
-/// fast-path call (the reentrancy guard clear): above `HOLD`, it rebalances
-/// credit and allowance before returning anything to the pool.
+/// [`release`] for the calling thread's own leased shard.
 #[inline(always)]
 pub(crate) fn release_owned(shard: &Shard, size: usize) {
-    if !release_fast(shard, size) {
-        release_owned_slow(shard, size);
+    let c = shard.credit.load(Relaxed).wrapping_add(size as i64);
+    shard.credit.store(c, Relaxed);
+    if c > 2 * CHUNK_BYTES as i64 {
+        release_slow(shard, c);
     }
-}
-
-#[cold]
-#[inline(never)]
-fn release_owned_slow(shard: &Shard, size: usize) {
-    reclaim(shard);
-    shard.add_owned_i(&shard.credit, size as i64);
-    grant(shard);
 }
 
 /// Spends the credit of an admitted allocation that succeeded.
@@ -795,7 +715,7 @@ pub(crate) fn release(shard: &Shard, size: usize) {
     if shard.is_exclusive() {
         let c = shard.credit.load(Relaxed).wrapping_add(size as i64);
         shard.credit.store(c, Relaxed);
-        if c > HOLD {
+        if c > 2 * CHUNK_BYTES as i64 {
             release_slow(shard, c);
         }
     } else {
@@ -807,8 +727,8 @@ pub(crate) fn release(shard: &Shard, size: usize) {
 #[cold]
 #[inline(never)]
 fn release_slow(shard: &Shard, credit: i64) {
-    let give = (credit - HOLD / 2) as u64;
-    shard.credit.store(HOLD / 2, Relaxed);
+    let give = (credit - CHUNK_BYTES as i64) as u64;
+    shard.credit.store(CHUNK_BYTES as i64, Relaxed);
     let prev = RESERVED.fetch_sub(give, Relaxed);
     update_level(prev.wrapping_sub(give));
 }
@@ -818,7 +738,6 @@ pub(crate) fn return_all_credit(shard: &Shard) {
     if !shard.is_exclusive() {
         return;
     }
-    reclaim(shard);
     let c = shard.credit.swap(0, Relaxed);
     if c > 0 {
         RESERVED.fetch_sub(c as u64, Relaxed);

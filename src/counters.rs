@@ -31,28 +31,18 @@ pub const SHARDS: usize = 256;
 /// touches.
 #[repr(C, align(128))]
 pub(crate) struct Shard {
-    /// Bytes the owner may still allocate on the hook's fast path before it
-    /// must take the general path (`budget::grant`): budget credit set
-    /// aside, never more than the bytes left before the next sample. Other
-    /// threads may set it to 0 (`budget::mark`).
-    pub(crate) allowance: AtomicI64,
-    /// Budget credit reserved from the global pool, not yet used and not set
-    /// aside as `allowance` (bytes).
+    /// Budget credit reserved from the global pool and not yet used (bytes).
     pub(crate) credit: AtomicI64,
+    /// Bytes left before the next sampled allocation.
+    pub(crate) countdown: AtomicI64,
     pub(crate) allocs: AtomicU64,
     pub(crate) alloc_bytes: AtomicU64,
     pub(crate) frees: AtomicU64,
     pub(crate) freed_bytes: AtomicU64,
     pub(crate) reallocs: AtomicU64,
-    /// Bytes left before the next sampled allocation, as of the last
-    /// general path (the fast path spends `allowance` instead).
-    pub(crate) countdown: AtomicI64,
-    /// The `allowance` last granted, and `alloc_bytes` then (owner only).
-    pub(crate) granted: AtomicI64,
-    pub(crate) granted_at: AtomicU64,
     /// xorshift state of this shard's sampler (0 until seeded).
     pub(crate) rng: AtomicU64,
-    // Then heapwatch's own (and the inner allocator's re-entrant)
+    // Second line: heapwatch's own (and the inner allocator's re-entrant)
     // allocations.
     pub(crate) ovh_allocs: AtomicU64,
     pub(crate) ovh_alloc_bytes: AtomicU64,
@@ -68,11 +58,8 @@ pub(crate) struct Shard {
 impl Shard {
     const fn new(exclusive: bool) -> Shard {
         Shard {
-            allowance: AtomicI64::new(0),
             credit: AtomicI64::new(0),
             countdown: AtomicI64::new(0),
-            granted: AtomicI64::new(0),
-            granted_at: AtomicU64::new(0),
             allocs: AtomicU64::new(0),
             alloc_bytes: AtomicU64::new(0),
             frees: AtomicU64::new(0),
@@ -109,12 +96,6 @@ impl Shard {
     }
 
     /// Like [`Shard::add`] for a signed counter.
-    #[inline(always)]
-    pub(crate) fn add_owned_i(&self, c: &AtomicI64, v: i64) {
-        debug_assert!(self.exclusive);
-        c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
-    }
-
     #[inline(always)]
     pub(crate) fn add_i(&self, c: &AtomicI64, v: i64) {
         if self.exclusive {
@@ -263,11 +244,8 @@ fn lease_slow() -> &'static Shard {
             .is_ok()
         {
             // A new owner decides its first sample afresh (the previous
-            // owner's countdown may be from another sampling mode), and
-            // starts with no allowance (the previous owner returned it).
+            // owner's countdown may be from another sampling mode).
             shard.countdown.store(0, Relaxed);
-            shard.allowance.store(0, Relaxed);
-            shard.granted.store(0, Relaxed);
             // Publish the shard before registering the lease: if registering
             // the destructor allocates, that nested allocation finds the
             // shard already set and does not come back here.

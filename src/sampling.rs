@@ -130,7 +130,6 @@ fn store_sampling(sampling: Sampling) {
     // next sampling decision instead (see `set_sampling`).
     for shard in counters::all_shards() {
         shard.countdown.store(0, Relaxed);
-        crate::budget::mark(shard);
     }
 }
 
@@ -176,7 +175,6 @@ pub fn set_sampling_seed(seed: u64) {
     // countdown ran out, at a point that depends on the old random state.
     if let Some(shard) = counters::own() {
         shard.countdown.store(0, Relaxed);
-        crate::budget::mark(shard);
     }
 }
 
@@ -186,12 +184,10 @@ static SEEDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 /// Decides whether an allocation of `size` bytes is sampled; returns its
 /// fixed-point weight if so. Allocation-free and panic-free.
 ///
-/// The countdown decides, in every mode: `Bytes` counts down to the next
-/// sample; `Off` counts down `OFF_RECHECK` bytes between looks at the mode;
-/// `All` keeps it at zero. Only [`sample_slow`] reads the mode. The hook's
-/// fast path does not come here: it spends an allowance that ends before
-/// the countdown does (`budget::grant`), so in `All` mode every allocation
-/// takes the general path.
+/// The fast path is the countdown alone, in every mode: `Bytes` counts down
+/// to the next sample; `Off` counts down `OFF_RECHECK` bytes between looks
+/// at the mode; `All` keeps it at zero so every allocation takes the slow
+/// path. Only the slow path reads the mode.
 #[inline(always)]
 pub(crate) fn should_sample(shard: &Shard, size: usize) -> Option<u64> {
     if countdown_left(shard, size) {
@@ -209,22 +205,6 @@ pub(crate) fn countdown_left(shard: &Shard, size: usize) -> bool {
     let left = shard.countdown.load(Relaxed).wrapping_sub(size as i64);
     shard.countdown.store(left, Relaxed);
     left >= 0
-}
-
-/// Counts `bytes` allocated on the hook's fast path (which spends the
-/// allowance, not the countdown) against the calling thread's countdown
-/// (its own leased shard).
-/// They never reach past a sampling point: the allowance was at most
-/// [`bytes_to_next_sample`].
-#[inline(always)]
-pub(crate) fn spent(shard: &Shard, bytes: i64) {
-    shard.add_owned_i(&shard.countdown, bytes.wrapping_neg());
-}
-
-/// The most the fast path may allocate before the next sampling decision.
-#[inline(always)]
-pub(crate) fn bytes_to_next_sample(shard: &Shard) -> i64 {
-    shard.countdown.load(Relaxed).max(0)
 }
 
 /// Bytes a thread allocates in `Off` mode between two looks at the mode, so

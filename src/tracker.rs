@@ -212,14 +212,11 @@ fn on_alloc(shard: &Shard, ptr: *mut u8, size: usize) {
     }
 }
 
-/// Records a sampled block; returns `ptr`, so that a caller can end with
-/// it as a tail call (a frame less for every capture to walk).
 #[cold]
 #[inline(never)]
-fn record_sampled(shard: &Shard, ptr: *mut u8, size: usize, weight: u64) -> *mut u8 {
+fn record_sampled(shard: &Shard, ptr: *mut u8, size: usize, weight: u64) {
     let _guard = Guard::enter();
     callsites::record_alloc(shard, ptr as usize, size, weight);
-    ptr
 }
 
 /// Takes a sampled block's record out before the block is freed or moved.
@@ -243,26 +240,23 @@ fn take_record_slow(ptr: *mut u8) -> Option<Record> {
 // The fast path is taken when the calling thread has leased a shard of its
 // own and is not inside heapwatch (`counters::fast`: the shard and the
 // reentrancy guard share one thread-local word, so this is one load and one
-// test); for `alloc` and `realloc`, when the thread's allowance covers the
-// new block (`budget::grant`: budget credit set aside, which ends before
-// the next sampling point, so this one check stands for both the budget and
-// the sampling decision); for `dealloc` and `realloc`, when the block was
-// not sampled (one load of the free filter); and for `dealloc`, when the
-// credit it gives back stays within what a thread keeps. It updates the
-// shard with plain loads and stores and calls the inner allocator once
-// (`dealloc` as a tail call, with no stack frame of its own).
+// test); for `alloc` and a growing `realloc`, when its budget credit covers
+// the new bytes; for `dealloc` and `realloc`, when the block was not sampled
+// (one load of the free filter); and for `dealloc`, when the credit it gives
+// back leaves no surplus to hand to the pool. It updates the shard with
+// plain loads and stores, decides sampling with the countdown alone, and
+// calls the inner allocator once (`dealloc` as a tail call, with no stack
+// frame of its own).
 //
 // Everything else takes the general path (`*_slow`, out of line): the
 // thread's first allocation (which applies the tracker's configuration and
 // leases a shard), threads on the shared shard, heapwatch's own allocations
-// (counted as overhead), allocations the allowance does not cover (which
-// may need credit from the pool, may be refused, and may be sampled: every
-// allocation in exact mode), and sampled blocks (whose records move or go).
-// The general path of a thread on its own shard reclaims the allowance
-// first and grants a new one last. One case sits in between: a fast-path
-// `dealloc` of a block the filter marks goes to `dealloc_sampled`, which
-// takes the record out and then counts as the fast path does (every free
-// does this in exact mode). All paths count exactly the same figures.
+// (counted as overhead), allocations that need budget credit (which may be
+// refused), and sampled blocks (whose records move or go). One case of the
+// last sits in between: a fast-path `dealloc` of a block the filter marks
+// goes to `dealloc_sampled`, which takes the record out and then counts as
+// the fast path does (every free does this in exact mode). All paths count
+// exactly the same figures.
 
 // SAFETY: every method forwards to `A` with the caller's arguments unchanged
 // and returns what `A` returned, so `A`'s `GlobalAlloc` contract carries
@@ -295,7 +289,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
                 return unsafe { self.dealloc_sampled(shard, ptr, layout) };
             } else {
                 let size = layout.size();
-                if budget::release_fast(shard, size) {
+                if budget::release_owned_fast(shard, size) {
                     shard.add_owned(&shard.frees, 1);
                     shard.add_owned(&shard.freed_bytes, size as u64);
                     // No guard around the inner `dealloc` (unlike `alloc`):
@@ -317,14 +311,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old_size = layout.size();
         if let Some(shard) = counters::fast() {
-            // Counted as a free of the old block and an allocation of the
-            // new one: the allowance pays for the new block (so the
-            // sampling countdown sees its bytes), the old one's bytes go
-            // back to credit. A sampled block's record must move with it:
-            // the general path.
-            if shard.allowance.load(Relaxed) >= new_size as i64
-                && !callsites::maybe_sampled(ptr as usize)
-            {
+            let growth = new_size.saturating_sub(old_size);
+            // A sampled block's record must move with it: the general path.
+            if budget::admit_owned(shard, growth) && !callsites::maybe_sampled(ptr as usize) {
                 let p = {
                     let _g = Guard::enter_fast(shard);
                     // SAFETY: the caller upholds `realloc`'s contract: `ptr`
@@ -334,11 +323,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
                 };
                 // A failed realloc leaves the old block counted as it was.
                 if !p.is_null() {
-                    shard.add_owned_i(&shard.allowance, -(new_size as i64));
-                    shard.add_owned(&shard.reallocs, 1);
-                    shard.add_owned(&shard.alloc_bytes, new_size as u64);
-                    shard.add_owned(&shard.freed_bytes, old_size as u64);
-                    budget::release_owned(shard, old_size);
+                    on_realloc_owned(shard, p, old_size, new_size);
                 }
                 return p;
             }
@@ -359,29 +344,17 @@ impl<A: GlobalAlloc> Tracker<A> {
     unsafe fn alloc_impl(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         let size = layout.size();
         if let Some(shard) = counters::fast() {
-            // The allowance is the only check: it is budget credit set
-            // aside, and it ends before the next sampling point.
-            if shard.allowance.load(Relaxed) >= size as i64 {
+            if budget::admit_owned(shard, size) {
                 let p = {
                     let _g = Guard::enter_fast(shard);
                     // SAFETY: forwarded from this function's own contract.
                     unsafe { self.inner_alloc(layout, zeroed) }
                 };
                 if !p.is_null() {
-                    shard.add_owned_i(&shard.allowance, -(size as i64));
-                    shard.add_owned(&shard.allocs, 1);
-                    shard.add_owned(&shard.alloc_bytes, size as u64);
+                    on_alloc_owned(shard, p, size);
                 }
                 return p;
             }
-            // SAFETY: as above.
-            return unsafe {
-                if zeroed {
-                    self.alloc_owned_slow::<true>(shard, layout)
-                } else {
-                    self.alloc_owned_slow::<false>(shard, layout)
-                }
-            };
         }
         // SAFETY: as above.
         unsafe { self.alloc_slow(layout, zeroed) }
@@ -401,67 +374,6 @@ impl<A: GlobalAlloc> Tracker<A> {
             } else {
                 self.inner.alloc(layout)
             }
-        }
-    }
-
-    /// [`Self::alloc_owned`] out of line, for the fast path.
-    ///
-    /// # Safety
-    ///
-    /// `alloc`'s (or `alloc_zeroed`'s) contract for `layout`.
-    #[cold]
-    #[inline(never)]
-    unsafe fn alloc_owned_slow<const ZEROED: bool>(
-        &self,
-        shard: &'static Shard,
-        layout: Layout,
-    ) -> *mut u8 {
-        // SAFETY: forwarded from this function's own contract.
-        unsafe { self.alloc_owned(shard, layout, ZEROED) }
-    }
-
-    /// The general path of `alloc` on the calling thread's own shard, outside
-    /// heapwatch: an allocation the allowance does not cover (or the
-    /// thread's first). The budget decision on `credit`, the sampling
-    /// decision, then a new allowance. In exact mode there is no allowance,
-    /// so every allocation comes here.
-    ///
-    /// # Safety
-    ///
-    /// `alloc`'s (or `alloc_zeroed`'s) contract for `layout`.
-    #[inline(always)]
-    unsafe fn alloc_owned(&self, shard: &'static Shard, layout: Layout, zeroed: bool) -> *mut u8 {
-        let size = layout.size();
-        budget::reclaim(shard);
-        if !budget::admit_owned(shard, size) {
-            budget::grant(shard);
-            return std::ptr::null_mut();
-        }
-        let p = {
-            let _g = Guard::enter_fast(shard);
-            // SAFETY: forwarded from this function's own contract.
-            unsafe { self.inner_alloc(layout, zeroed) }
-        };
-        if p.is_null() {
-            budget::grant(shard);
-            return p;
-        }
-        shard.add_owned_i(&shard.credit, -(size as i64));
-        shard.add_owned(&shard.allocs, 1);
-        shard.add_owned(&shard.alloc_bytes, size as u64);
-        let weight = if sampling::countdown_left(shard, size) {
-            None
-        } else {
-            sampling::sample_slow(shard, size)
-        };
-        // After the sampling decision, which sets the countdown the new
-        // allowance must end before.
-        budget::grant(shard);
-        match weight {
-            // Last, as a tail call: no frame of this function under the
-            // stack the record captures.
-            Some(weight) => record_sampled(shard, p, size, weight),
-            None => p,
         }
     }
 
@@ -512,39 +424,12 @@ impl<A: GlobalAlloc> Tracker<A> {
     unsafe fn realloc_slow(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         self.ensure_init();
         let shard = counters::current();
-        let guarded = guard::is_active();
-        let owner = shard.is_exclusive() && !guarded;
-        if owner {
-            budget::reclaim(shard);
-        }
-        // SAFETY: forwarded from this function's own contract.
-        let p = unsafe { self.realloc_counted(shard, guarded, ptr, layout, new_size) };
-        if owner {
-            budget::grant(shard);
-        }
-        p
-    }
-
-    /// The general path of `realloc`, after the allowance (if the thread has
-    /// one and may touch it) is reclaimed.
-    ///
-    /// # Safety
-    ///
-    /// `realloc`'s contract for `ptr`, `layout` and `new_size`.
-    #[inline(always)]
-    unsafe fn realloc_counted(
-        &self,
-        shard: &'static Shard,
-        guarded: bool,
-        ptr: *mut u8,
-        layout: Layout,
-        new_size: usize,
-    ) -> *mut u8 {
         let old_size = layout.size();
         let growth = new_size.saturating_sub(old_size);
         if growth > 0 && !budget::admit(shard, growth) {
             return std::ptr::null_mut();
         }
+        let guarded = guard::is_active();
         let rec = take_record(ptr);
         let p = {
             let _g = Guard::enter();
@@ -594,22 +479,6 @@ impl<A: GlobalAlloc> Tracker<A> {
     unsafe fn alloc_slow(&self, layout: Layout, zeroed: bool) -> *mut u8 {
         self.ensure_init();
         let shard = counters::current();
-        if guard::is_active() || !shard.is_exclusive() {
-            // SAFETY: forwarded from this function's own contract.
-            return unsafe { self.alloc_counted(shard, layout, zeroed) };
-        }
-        // SAFETY: as above.
-        unsafe { self.alloc_owned(shard, layout, zeroed) }
-    }
-
-    /// The general path of `alloc` and `alloc_zeroed` on the shared shard or
-    /// inside heapwatch (which leave the allowance alone).
-    ///
-    /// # Safety
-    ///
-    /// `alloc`'s (or `alloc_zeroed`'s) contract for `layout`.
-    #[inline(always)]
-    unsafe fn alloc_counted(&self, shard: &'static Shard, layout: Layout, zeroed: bool) -> *mut u8 {
         let size = layout.size();
         if !budget::admit(shard, size) {
             return std::ptr::null_mut();
@@ -634,6 +503,47 @@ impl<A: GlobalAlloc> Tracker<A> {
     }
 }
 
+/// Counts a successful fast-path allocation on the calling thread's own
+/// shard and samples it.
+#[inline(always)]
+fn on_alloc_owned(shard: &Shard, ptr: *mut u8, size: usize) {
+    budget::consume_owned(shard, size);
+    shard.add_owned(&shard.allocs, 1);
+    shard.add_owned(&shard.alloc_bytes, size as u64);
+    if !sampling::countdown_left(shard, size) {
+        sample_and_record(shard, ptr, size);
+    }
+}
+
+/// The sampling decision once the countdown ran out, and the record if it
+/// samples: one out-of-line call, so that the fast path has as few calls
+/// as it can (and is small enough for the compiler to inline it into the
+/// program's callers, as it does with a bare jemalloc).
+#[cold]
+#[inline(never)]
+fn sample_and_record(shard: &Shard, ptr: *mut u8, size: usize) {
+    if let Some(weight) = sampling::sample_slow(shard, size) {
+        record_sampled(shard, ptr, size, weight);
+    }
+}
+
+/// Counts a successful fast-path reallocation of an unsampled block on the
+/// calling thread's own shard, and samples the new block.
+#[inline(always)]
+fn on_realloc_owned(shard: &Shard, p: *mut u8, old_size: usize, new_size: usize) {
+    if new_size > old_size {
+        budget::consume_owned(shard, new_size - old_size);
+    } else {
+        budget::release_owned(shard, old_size - new_size);
+    }
+    shard.add_owned(&shard.reallocs, 1);
+    shard.add_owned(&shard.alloc_bytes, new_size as u64);
+    shard.add_owned(&shard.freed_bytes, old_size as u64);
+    if !sampling::countdown_left(shard, new_size) {
+        sample_and_record(shard, p, new_size);
+    }
+}
+
 /// The general path of `dealloc`'s bookkeeping (the inner `dealloc` is
 /// called by the caller either way).
 #[cold]
@@ -646,16 +556,11 @@ fn on_dealloc_slow(ptr: *mut u8, size: usize) {
     if guard::is_active() {
         shard.add(&shard.ovh_frees, 1);
         shard.add(&shard.ovh_freed_bytes, size as u64);
-        budget::release(shard, size);
     } else {
         shard.add(&shard.frees, 1);
         shard.add(&shard.freed_bytes, size as u64);
-        if shard.is_exclusive() {
-            budget::release_owned(shard, size);
-        } else {
-            budget::release(shard, size);
-        }
     }
+    budget::release(shard, size);
 }
 
 /// Counts an allocation made under the reentrancy guard as overhead.

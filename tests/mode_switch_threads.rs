@@ -1,10 +1,10 @@
-//! The fast path's allowance (`src/budget.rs`): budget credit a thread sets
-//! aside for its allocations on the hook's fast path, which other threads
-//! can cut off (`set_sampling`) at any time.
+//! Mode switches seen from other threads, and the budget's bookkeeping
+//! under them.
 //!
-//! - A mode switch made by one thread reaches another thread that holds an
-//!   allowance and is idle at that moment: its next allocation is counted
-//!   the new way.
+//! - A switch made by one thread reaches another thread that is idle at
+//!   that moment (and has allocated before, so it has a countdown and
+//!   credit of its own): its next allocation is counted the new way, as
+//!   `set_sampling` documents.
 //! - Nothing is lost in the bookkeeping: after threads allocate, grow,
 //!   shrink and free blocks of every size while another thread switches the
 //!   sampling mode under them, and exit, the reservation is back where it
@@ -41,7 +41,8 @@ fn a_switch_reaches_an_idle_thread() {
     let (to_worker, from_main) = mpsc::channel::<()>();
     let (to_main, from_worker) = mpsc::channel::<()>();
     let worker = std::thread::spawn(move || {
-        // Allocate in `Off` mode, so that the thread holds an allowance.
+        // Allocate in `Off` mode first, so that the thread has a shard, a
+        // countdown and credit of its own when the switch comes.
         let warm: Vec<Vec<u8>> = (0..100).map(|i| vec![0u8; 16 + i]).collect();
         drop(black_box(warm));
         let mut kept = Vec::with_capacity(10);
@@ -74,7 +75,7 @@ fn xorshift(x: &mut u64) -> u64 {
     *x
 }
 
-/// Mostly small sizes, some over the allowance (64 KiB), a few far over.
+/// Mostly small sizes, some over a credit chunk (64 KiB), a few far over.
 fn size(x: &mut u64) -> usize {
     let r = xorshift(x);
     match r % 64 {
@@ -166,5 +167,5 @@ fn reservation_returns_after_churn_across_paths_and_switches() {
 fn main() {
     a_switch_reaches_an_idle_thread();
     reservation_returns_after_churn_across_paths_and_switches();
-    println!("allowance: ok");
+    println!("mode_switch_threads: ok");
 }
