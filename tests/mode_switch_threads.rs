@@ -15,8 +15,7 @@
 //! figures, and libtest's own threads allocate while a test starts.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering::*};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
 use std::time::Duration;
 
 use heapwatch::{Sampling, Tracker, CHUNK_BYTES};
@@ -36,29 +35,40 @@ fn made_after_switch(out: &mut Vec<Box<[u8; 64]>>) {
     }
 }
 
+/// Waits until `step` reaches `n`, without allocating.
+fn wait_for(step: &AtomicU32, n: u32) {
+    while step.load(SeqCst) < n {
+        std::thread::yield_now();
+    }
+}
+
 fn a_switch_reaches_an_idle_thread() {
     heapwatch::set_sampling(Sampling::Off);
-    let (to_worker, from_main) = mpsc::channel::<()>();
-    let (to_main, from_worker) = mpsc::channel::<()>();
-    let worker = std::thread::spawn(move || {
+    // The two threads hand over with an atomic counter, not a channel: a
+    // channel may allocate (its first blocking receive does), and the
+    // worker must not be allocating when the switch comes. The worker moves
+    // the counter to odd values, the main thread to even ones.
+    static STEP: AtomicU32 = AtomicU32::new(0);
+    STEP.store(0, SeqCst);
+    let worker = std::thread::spawn(|| {
         // Allocate in `Off` mode first, so that the thread has a shard, a
         // countdown and credit of its own when the switch comes.
         let warm: Vec<Vec<u8>> = (0..100).map(|i| vec![0u8; 16 + i]).collect();
         drop(black_box(warm));
         let mut kept = Vec::with_capacity(10);
-        to_main.send(()).unwrap();
-        from_main.recv().unwrap();
+        STEP.store(1, SeqCst);
+        wait_for(&STEP, 2);
         made_after_switch(&mut kept);
-        to_main.send(()).unwrap();
-        from_main.recv().unwrap();
+        STEP.store(3, SeqCst);
+        wait_for(&STEP, 4);
         drop(kept);
     });
-    from_worker.recv().unwrap();
+    wait_for(&STEP, 1);
     heapwatch::set_sampling(Sampling::All);
-    to_worker.send(()).unwrap();
-    from_worker.recv().unwrap();
+    STEP.store(2, SeqCst);
+    wait_for(&STEP, 3);
     let figures = common::figures_at(&heapwatch::snapshot(), "made_after_switch");
-    to_worker.send(()).unwrap();
+    STEP.store(4, SeqCst);
     worker.join().unwrap();
     heapwatch::set_sampling(Sampling::Off);
     assert_eq!(
