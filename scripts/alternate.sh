@@ -16,7 +16,11 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for _ in $(seq "$rounds"); do
   for b in "$@"; do
-    ns=$("$b" "$workload" 2>&1 | grep -o 'elapsed_ns=[0-9]*' | cut -d= -f2)
+    if ! ns=$("$b" "$workload" 2>&1 | grep -o 'elapsed_ns=[0-9]*' | cut -d= -f2) \
+      || [ -z "$ns" ]; then
+      echo "alternate.sh: $b $workload failed or printed no elapsed_ns" >&2
+      exit 1
+    fi
     printf '%s %s\n' "$(basename "$b")" "$ns" >>"$out"
   done
 done

@@ -215,7 +215,9 @@ pub(super) fn read_with<T>(read_shared: impl FnOnce() -> T) -> (T, Vec<(u32, [u6
     let _reading = Reading::announce();
     let start = std::time::Instant::now();
     for cache in &CACHES {
-        // Acquire: a finished eviction's moves are seen below.
+        // SeqCst, after the SeqCst announcement: either this load sees a
+        // holder's odd number, or that holder sees the announcement (see
+        // `evict`). It also acquires a finished eviction's moves.
         while cache.seq.load(SeqCst) & 1 == 1 && start.elapsed() < EVICTION_WAIT {
             std::thread::yield_now();
         }
