@@ -358,21 +358,29 @@ mod tests {
         use std::sync::Arc;
         const ADDS: u64 = 2_000_000;
         const RUN: u64 = 1_000;
+        const READINGS: u64 = 1_000;
         let (s, t) = (11, 11 + ENTRIES as u32);
         let total = || total_of(s, t)[0];
         let start = total();
         let done = Arc::new(AtomicU64::new(0));
         let started = Arc::new(AtomicBool::new(false));
+        // The worker goes on past `ADDS` until the reader has read enough
+        // times: in an optimized build it could otherwise finish before the
+        // first reading.
+        let stop = Arc::new(AtomicBool::new(false));
         let worker = {
-            let (done, started) = (Arc::clone(&done), Arc::clone(&started));
+            let (done, started, stop) =
+                (Arc::clone(&done), Arc::clone(&started), Arc::clone(&stop));
             std::thread::spawn(move || {
                 let shard = counters::current();
                 assert!(shard.is_exclusive());
                 started.store(true, Relaxed);
-                for i in 0..ADDS {
+                let mut i = 0;
+                while i < ADDS || !stop.load(Relaxed) {
                     let slot = if (i / RUN) % 2 == 0 { s } else { t };
                     add(shard, slot, Pair::Alloc, 1, 1);
-                    done.store(i + 1, Release);
+                    i += 1;
+                    done.store(i, Release);
                 }
             })
         };
@@ -390,10 +398,14 @@ mod tests {
                 "a reading of {now} adds, made while {before}..={after} were done"
             );
             readings += 1;
+            if readings == READINGS {
+                stop.store(true, Relaxed);
+            }
         }
         worker.join().unwrap();
-        assert!(readings > 0);
-        assert_eq!(total() - start, ADDS, "every add counted once at the end");
+        let adds = done.load(Acquire);
+        assert!(adds >= ADDS);
+        assert_eq!(total() - start, adds, "every add counted once at the end");
     }
 
     #[test]
