@@ -75,7 +75,9 @@ const FP_DIR_ENV: &str = "HW_CMP_FP_DIR";
 const FP_BUILD_HINT: &str = "scripts/compare.sh (or: RUSTFLAGS=\"-C force-frame-pointers=yes\" \
      CARGO_TARGET_DIR=<target>/fp cargo bench --features bench-jemalloc-prof --bench cmp_hw_all_fp --no-run)";
 
-const WORKLOADS: &[&str] = &["small", "threads", "mixed", "large"];
+const WORKLOADS: &[&str] = &[
+    "small", "threads", "mixed", "structs", "strings", "hashmap", "large",
+];
 
 /// The baseline of the ratio column.
 const BASELINE: &str = "jemalloc";

@@ -20,6 +20,9 @@ const SMALL_OPS: usize = 2_000_000;
 const MIXED_ROUNDS: usize = 40;
 /// Rounds of the large-buffer workload.
 const LARGE_ROUNDS: usize = 2;
+/// Rounds of each of the smaller app-like workloads (`structs`, `strings`,
+/// `hashmap`).
+const APP_ROUNDS: usize = 60;
 
 type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
@@ -98,6 +101,90 @@ fn mixed(rounds: usize) -> u64 {
     total
 }
 
+/// An order, as a service would parse it from JSON (serde derive).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: u64,
+    customer: String,
+    items: Vec<Item>,
+    note: Option<String>,
+}
+
+/// A line of an [`Order`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Item {
+    sku: String,
+    qty: u32,
+    tags: Vec<String>,
+}
+
+/// App-like: typed JSON round trips (serde derive), 300 orders of one to
+/// five items each per round, serialized, parsed back and dropped.
+#[inline(never)] // a symbol of its own, for scripts/instructions_whole.sh
+fn structs(rounds: usize) -> u64 {
+    let mut rng = 4u64;
+    let mut total = 0u64;
+    for _ in 0..rounds {
+        let orders: Vec<Order> = (0..300u64)
+            .map(|i| Order {
+                id: i,
+                customer: format!("customer-{}", lcg(&mut rng) % 100),
+                items: (0..i % 5 + 1)
+                    .map(|j| Item {
+                        sku: format!("sku-{j}"),
+                        qty: j as u32,
+                        tags: vec!["stock".to_owned(), format!("tag-{j}")],
+                    })
+                    .collect(),
+                note: (i % 3 == 0).then(|| "fragile".to_owned()),
+            })
+            .collect();
+        let json = serde_json::to_string(&orders).unwrap();
+        let back: Vec<Order> = serde_json::from_str(&json).unwrap();
+        total += back.iter().map(|o| o.items.len() as u64).sum::<u64>() + json.len() as u64;
+    }
+    total
+}
+
+/// App-like: text handling. 3,000 formatted words per round, sorted,
+/// deduplicated on a prefix, joined and split again.
+#[inline(never)] // a symbol of its own, for scripts/instructions_whole.sh
+fn strings(rounds: usize) -> u64 {
+    let mut rng = 1u64;
+    let mut total = 0u64;
+    for _ in 0..rounds {
+        let mut words: Vec<String> = (0..3_000)
+            .map(|i| format!("w{}-{}", lcg(&mut rng) % 1_000, i % 13))
+            .collect();
+        words.sort();
+        words.dedup_by(|a, b| a.get(..4) == b.get(..4));
+        let joined = words.join(",");
+        let parts: Vec<&str> = joined.split(',').collect();
+        total += parts.len() as u64 + joined.len() as u64;
+    }
+    total
+}
+
+/// App-like: a cache-like hash map of 5,000 keys whose entries (buffers of
+/// 1 to 300 bytes) are inserted and removed at random, 5,000 operations
+/// per round.
+#[inline(never)] // a symbol of its own, for scripts/instructions_whole.sh
+fn hashmap(rounds: usize) -> u64 {
+    let mut rng = 3u64;
+    let mut map: FixedMap<u64, Vec<u8>> = FixedMap::default();
+    let mut total = 0u64;
+    for _ in 0..rounds * 5_000 {
+        let key = lcg(&mut rng) % 5_000;
+        match map.remove(&key) {
+            Some(v) => total += v.len() as u64,
+            None => {
+                map.insert(key, vec![1; (key % 300) as usize + 1]);
+            }
+        }
+    }
+    total
+}
+
 /// Large buffers grown by appending 4 KiB chunks (realloc growth) to 32 MiB,
 /// four live at once.
 #[inline(never)] // a symbol of its own, for scripts/instructions_whole.sh
@@ -119,7 +206,7 @@ fn large(rounds: usize) -> u64 {
 }
 
 /// Runs the workload named by argv[1] (`small`, `threads`, `mixed`,
-/// `large`) and prints `elapsed_ns=<n>`; then calls `report` for extra
+/// `structs`, `strings`, `hashmap`, `large`) and prints `elapsed_ns=<n>`; then calls `report` for extra
 /// `key=value` lines.
 fn run_from_args(report: impl FnOnce()) {
     let name = std::env::args().nth(1).unwrap_or_default();
@@ -134,9 +221,15 @@ fn run_from_args(report: impl FnOnce()) {
         "small" => small_loop(1, SMALL_OPS),
         "threads" => threads(),
         "mixed" => mixed(MIXED_ROUNDS),
+        "structs" => structs(APP_ROUNDS),
+        "strings" => strings(APP_ROUNDS),
+        "hashmap" => hashmap(APP_ROUNDS),
         "large" => large(LARGE_ROUNDS),
         other => {
-            eprintln!("unknown workload {other:?}: expected small, threads, mixed or large");
+            eprintln!(
+                "unknown workload {other:?}: expected small, threads, mixed, structs, \
+                 strings, hashmap or large"
+            );
             std::process::exit(2);
         }
     };
