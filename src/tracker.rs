@@ -247,8 +247,8 @@ fn take_record_slow(ptr: *mut u8) -> Option<Record> {
 // plain loads and stores, decides sampling with the countdown alone, and
 // calls the inner allocator once (`dealloc` as a tail call, with no stack
 // frame of its own). The `alloc` and `realloc` fast paths are inlined where
-// the program allocates; the `dealloc` one is a function of its own,
-// `dealloc_fast` (its comment says why).
+// the program allocates; the `dealloc` one is called, in a copy per
+// alignment (`dealloc_fast` says why).
 //
 // Everything else takes the general path (`*_slow`, out of line): the
 // thread's first allocation (which applies the tracker's configuration and
@@ -278,8 +278,20 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller upholds `dealloc`'s contract.
-        unsafe { self.dealloc_fast(ptr, layout) }
+        // One call, to an out-of-line copy of the fast path for the
+        // layout's alignment when it is at most 16, else to the copy for
+        // any alignment (`dealloc_fast` says why). Where the alignment
+        // is known when compiling, as it nearly always is, the table lookup
+        // folds into a direct call; elsewhere (a `Box<dyn Trait>`'s drop)
+        // it is one indexed load.
+        let align = layout.align();
+        match Self::DEALLOC_ALIGNED.get(align.trailing_zeros() as usize) {
+            // SAFETY: the caller upholds `dealloc`'s contract; the entry at
+            // index `align.trailing_zeros()` is the copy for `align`.
+            Some(dealloc_aligned) => unsafe { dealloc_aligned(self, ptr, layout.size()) },
+            // SAFETY: the caller upholds `dealloc`'s contract.
+            None => unsafe { self.dealloc_any(ptr, layout) },
+        }
     }
 
     #[inline]
@@ -352,23 +364,62 @@ impl<A: GlobalAlloc> Tracker<A> {
         }
     }
 
-    /// The fast path of `dealloc`, out of line on purpose.
+    /// `dealloc_aligned` for alignments 1 to 16, indexed by their base-2
+    /// logarithm.
+    const DEALLOC_ALIGNED: [unsafe fn(&Self, *mut u8, usize); 5] = [
+        Self::dealloc_aligned::<1>,
+        Self::dealloc_aligned::<2>,
+        Self::dealloc_aligned::<4>,
+        Self::dealloc_aligned::<8>,
+        Self::dealloc_aligned::<16>,
+    ];
+
+    /// `dealloc_fast` for blocks aligned to `ALIGN`, out of line.
     ///
-    /// Inlined, the hook's checks and counts go into every function that
-    /// frees. The standard library's generic code then grows past what the
-    /// compiler inlines into its callers: on the app-like `mixed` workload
-    /// of BENCHMARKS.md (eighth round), `BTreeMap`'s `dying_next` no longer
-    /// inlined `deallocating_next` and read the handle it returned through
-    /// the stack, a store-forwarding stall that took 3% of the run. Kept
-    /// out of line, a free in the program's code is a call, as small as the
-    /// inner allocator's own `dealloc`: `mixed` went from 1.11x to 1.06x
-    /// raw jemalloc with default sampling, while the tight `small` loop,
-    /// whose one free site had the hook inlined, went from 1.12x to 1.17x.
+    /// # Safety
+    ///
+    /// `dealloc`'s contract for `ptr` and the layout of `size` bytes
+    /// aligned to `ALIGN`.
+    #[inline(never)]
+    unsafe fn dealloc_aligned<const ALIGN: usize>(&self, ptr: *mut u8, size: usize) {
+        // SAFETY: the caller's layout had this size and alignment, so they
+        // make a valid `Layout`.
+        let layout = unsafe { Layout::from_size_align_unchecked(size, ALIGN) };
+        // SAFETY: forwarded from this function's own contract.
+        unsafe { self.dealloc_fast(ptr, layout) }
+    }
+
+    /// `dealloc_fast` for any alignment, out of line.
     ///
     /// # Safety
     ///
     /// `dealloc`'s contract for `ptr` and `layout`.
     #[inline(never)]
+    unsafe fn dealloc_any(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from this function's own contract.
+        unsafe { self.dealloc_fast(ptr, layout) }
+    }
+
+    /// The fast path of `dealloc`. It is compiled only into the
+    /// out-of-line copies above (one per alignment up to 16, one for any
+    /// alignment), never into the program's own functions.
+    ///
+    /// Inlined, the hook's checks and counts went into every function that
+    /// frees, and the standard library's generic code then grew past what
+    /// the compiler inlines into its callers: on the app-like `mixed`
+    /// workload of BENCHMARKS.md (eighth round), `BTreeMap`'s `dying_next`
+    /// no longer inlined `deallocating_next` and read the handle it
+    /// returned through the stack, a store-forwarding stall that took 3% of
+    /// the run. Out of line, a free in the program's code is one call, as
+    /// small as the inner allocator's own inlined `dealloc`. The copy per
+    /// alignment keeps the alignment a constant inside the copy, so that
+    /// what the inner `dealloc` derives from it (jemalloc's flags) still
+    /// folds away, as it did inlined.
+    ///
+    /// # Safety
+    ///
+    /// `dealloc`'s contract for `ptr` and `layout`.
+    #[inline(always)]
     unsafe fn dealloc_fast(&self, ptr: *mut u8, layout: Layout) {
         // The fast path makes no call but the last one, the inner `dealloc`:
         // with nothing to do after it, it compiles to a jump, and the path
