@@ -10,7 +10,8 @@
 # counts both threads' work.
 #
 # Usage: scripts/instructions_whole.sh [WORKLOADS] [CONFIGS]
-#   WORKLOADS  comma-separated, default small,mixed (also: threads, large)
+#   WORKLOADS  comma-separated, default small,mixed (also: threads,
+#              structs, strings, hashmap, large)
 #   CONFIGS    comma-separated, default
 #              jemalloc,jemalloc_prof,cap,hw_off,hw_bytes,hw_all_cfi,hw_all_fp
 #              (dhat and hw_all, which unwind with libgcc on every
@@ -47,8 +48,7 @@ count() { # config workload
   [ -n "$bin" ] || { echo "instructions_whole.sh: no cmp_$1 worker" >&2; exit 2; }
   case $2 in
     small | threads) fn='*small_loop' ;;
-    mixed) fn='*::mixed' ;;
-    large) fn='*::large' ;;
+    mixed | structs | strings | hashmap | large) fn="*::$2" ;;
     *) echo "instructions_whole.sh: unknown workload $2" >&2; exit 2 ;;
   esac
   [ "$1" = jemalloc_prof ] && env=(_RJEM_MALLOC_CONF=prof:true,prof_active:true,lg_prof_sample:19)
