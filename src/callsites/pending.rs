@@ -404,7 +404,6 @@ mod tests {
         }
         worker.join().unwrap();
         let adds = done.load(Acquire);
-        assert!(adds >= ADDS);
         assert_eq!(total() - start, adds, "every add counted once at the end");
     }
 
