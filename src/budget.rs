@@ -12,6 +12,10 @@
 //! exactly what it needs). Frees give credit back to the freeing thread,
 //! which returns anything above `2 × CHUNK_BYTES` to the pool.
 //!
+//! The credit costs the hook's fast path no counter of its own: it is
+//! derived from the shard's allocated and freed bytes, which the hook counts
+//! anyway, and checked against two limits ("the hook's side" below).
+//!
 //! Consequences, which the tests check:
 //!
 //! - Policy [`Policy::Refuse`]: live bytes never exceed the budget, under any
@@ -591,23 +595,88 @@ impl Drop for BudgetWatch {
 }
 
 // ---- the hook's side -------------------------------------------------------
+//
+// A leased shard's credit is not a counter the hook updates. It is kept as
+// the credit at the shard's last *sync* (`Shard::credit`), together with the
+// shard's `alloc_bytes` and `freed_bytes` at that moment; since then the
+// program's allocations on the shard have spent exactly what `alloc_bytes`
+// grew by, and its frees have given back what `freed_bytes` grew by:
+//
+//     credit now = credit + (freed_bytes - sync_freed) - (alloc_bytes - sync_alloc)
+//
+// The fast paths therefore update only the counters they count anyway, and
+// compare them with two limits set at the sync: an allocation stays on the
+// fast path while `alloc_bytes` stays within `alloc_limit` (the credit at the
+// sync is not overspent, whatever was freed since), a free while
+// `freed_bytes` stays within `free_limit` (the credit cannot have grown past
+// `2 × CHUNK_BYTES`, whatever was allocated since). Each limit ignores what
+// the other counter did since the sync, so it is reached early, never late;
+// the general path then computes the credit now, draws or hands back, and
+// syncs again. Everything else that changes a leased shard's credit
+// (reserving, handing back, heapwatch's own blocks) syncs first.
 
-/// Admits an allocation of `size` bytes on `shard`: true if it may go ahead.
-/// Never allocates or panics. Follow with [`consume`] on success or
-/// [`cancel`] if the inner allocator fails.
-#[inline(always)]
-pub(crate) fn admit(shard: &Shard, size: usize) -> bool {
-    if shard.is_exclusive() && shard.credit.load(Relaxed) >= size as i64 {
-        return true;
-    }
-    admit_slow(shard, size as u64)
+/// The credit of a leased shard now (see above).
+#[inline]
+fn credit_now(shard: &Shard) -> i64 {
+    let spent = shard
+        .alloc_bytes
+        .load(Relaxed)
+        .wrapping_sub(shard.sync_alloc.load(Relaxed));
+    let returned = shard
+        .freed_bytes
+        .load(Relaxed)
+        .wrapping_sub(shard.sync_freed.load(Relaxed));
+    shard
+        .credit
+        .load(Relaxed)
+        .wrapping_add(returned as i64)
+        .wrapping_sub(spent as i64)
 }
 
+/// Records `credit` as a leased shard's credit now and sets the fast paths'
+/// limits from it. Only the shard's own thread calls this.
+fn sync(shard: &Shard, credit: i64) {
+    let allocated = shard.alloc_bytes.load(Relaxed);
+    let freed = shard.freed_bytes.load(Relaxed);
+    shard.credit.store(credit, Relaxed);
+    shard.sync_alloc.store(allocated, Relaxed);
+    shard.sync_freed.store(freed, Relaxed);
+    shard
+        .alloc_limit
+        .store(allocated.saturating_add(credit.max(0) as u64), Relaxed);
+    let room = (2 * CHUNK_BYTES as i64).saturating_sub(credit).max(0) as u64;
+    shard.free_limit.store(freed.saturating_add(room), Relaxed);
+}
+
+/// Starts a newly leased shard's credit bookkeeping (whatever the previous
+/// owner left was returned by [`return_all_credit`]).
+pub(crate) fn start_lease(shard: &Shard) {
+    sync(shard, 0);
+}
+
+/// Admits an allocation of `size` bytes on `shard`: true if it may go ahead.
+/// Never allocates or panics. If the inner allocator then fails, call
+/// [`cancel`]; if it succeeds, count the block in the shard's counters (a
+/// program block) or call [`overhead_alloc`] (one of heapwatch's own).
+#[inline]
+pub(crate) fn admit(shard: &Shard, size: usize) -> bool {
+    if shard.is_exclusive() {
+        let credit = credit_now(shard);
+        if credit >= size as i64 {
+            sync(shard, credit);
+            return true;
+        }
+        admit_slow(shard, size as u64, credit)
+    } else {
+        admit_slow(shard, size as u64, 0)
+    }
+}
+
+/// Reserves from the pool. `credit` is an exclusive shard's credit now.
 #[cold]
 #[inline(never)]
-fn admit_slow(shard: &Shard, size: u64) -> bool {
+fn admit_slow(shard: &Shard, size: u64, credit: i64) -> bool {
     let (need, want) = if shard.is_exclusive() {
-        let credit = shard.credit.load(Relaxed);
         let need = (size as i64).saturating_sub(credit).max(0) as u64;
         (need, need.saturating_add(CHUNK_BYTES))
     } else {
@@ -646,59 +715,48 @@ fn admit_slow(shard: &Shard, size: u64) -> bool {
         }
     };
     if shard.is_exclusive() {
-        shard.add_i(&shard.credit, granted as i64);
+        sync(shard, credit.wrapping_add(granted as i64));
     }
     PEAK.fetch_max(now, Relaxed);
     update_level(now);
     true
 }
 
-/// [`admit`] for the calling thread's own leased shard, on the hook's fast
-/// path: true if the shard's credit covers `size`. When false, take the
-/// general path ([`admit`]), which reserves more or refuses.
+/// The hook's fast-path admission of an allocation of `size` bytes on the
+/// calling thread's own leased shard: true if the credit at the last sync
+/// covers it on top of everything allocated since. When false, take the
+/// general path ([`admit`]). On success, add `size` to `alloc_bytes`.
 #[inline(always)]
 pub(crate) fn admit_owned(shard: &Shard, size: usize) -> bool {
-    shard.credit.load(Relaxed) >= size as i64
+    let allocated = shard.alloc_bytes.load(Relaxed).wrapping_add(size as u64);
+    allocated <= shard.alloc_limit.load(Relaxed)
 }
 
-/// [`consume`] for the calling thread's own leased shard.
+/// The hook's fast-path admission of a reallocation from `old_size` to
+/// `new_size` bytes on the calling thread's own leased shard: both
+/// [`admit_owned`] for the new size and [`free_fits`] for the old one. On
+/// success, add `new_size` to `alloc_bytes` and `old_size` to
+/// `freed_bytes`.
 #[inline(always)]
-pub(crate) fn consume_owned(shard: &Shard, size: usize) {
-    let c = shard.credit.load(Relaxed).wrapping_sub(size as i64);
-    shard.credit.store(c, Relaxed);
+pub(crate) fn admit_realloc_owned(shard: &Shard, old_size: usize, new_size: usize) -> bool {
+    admit_owned(shard, new_size)
+        && free_fits(
+            shard,
+            shard
+                .freed_bytes
+                .load(Relaxed)
+                .wrapping_add(old_size as u64),
+        )
 }
 
-/// [`release`] for the calling thread's own leased shard on the hook's
-/// fast path: gives the bytes back as credit and returns true, unless that
-/// would leave the shard holding more than it may keep; then it changes
-/// nothing and returns false, and the caller takes the general path
-/// ([`release`]), which hands the surplus back to the pool.
+/// Whether a free that takes the calling thread's own leased shard's
+/// `freed_bytes` to `freed` can stay on the fast path: false when the
+/// credit it gives back might leave the shard more than it may keep; then
+/// the caller takes the general path, which counts the free and calls
+/// [`release`].
 #[inline(always)]
-pub(crate) fn release_owned_fast(shard: &Shard, size: usize) -> bool {
-    let c = shard.credit.load(Relaxed).wrapping_add(size as i64);
-    if c > 2 * CHUNK_BYTES as i64 {
-        return false;
-    }
-    shard.credit.store(c, Relaxed);
-    true
-}
-
-/// [`release`] for the calling thread's own leased shard.
-#[inline(always)]
-pub(crate) fn release_owned(shard: &Shard, size: usize) {
-    let c = shard.credit.load(Relaxed).wrapping_add(size as i64);
-    shard.credit.store(c, Relaxed);
-    if c > 2 * CHUNK_BYTES as i64 {
-        release_slow(shard, c);
-    }
-}
-
-/// Spends the credit of an admitted allocation that succeeded.
-#[inline(always)]
-pub(crate) fn consume(shard: &Shard, size: usize) {
-    if shard.is_exclusive() {
-        shard.add_i(&shard.credit, -(size as i64));
-    }
+pub(crate) fn free_fits(shard: &Shard, freed: u64) -> bool {
+    freed <= shard.free_limit.load(Relaxed)
 }
 
 /// Undoes [`admit`] for an allocation the inner allocator failed.
@@ -709,28 +767,51 @@ pub(crate) fn cancel(shard: &Shard, size: usize) {
     }
 }
 
-/// Gives the bytes of a freed block back as credit.
-#[inline(always)]
+/// Settles the budget after a program free (or shrinking reallocation) of
+/// `size` bytes that is already counted in the shard's `freed_bytes`: the
+/// shared shard gives the bytes back to the pool; a leased shard syncs,
+/// handing back to the pool whatever its credit holds beyond `CHUNK_BYTES`
+/// once that exceeds `2 × CHUNK_BYTES`.
 pub(crate) fn release(shard: &Shard, size: usize) {
     if shard.is_exclusive() {
-        let c = shard.credit.load(Relaxed).wrapping_add(size as i64);
-        shard.credit.store(c, Relaxed);
-        if c > 2 * CHUNK_BYTES as i64 {
-            release_slow(shard, c);
-        }
+        settle(shard, credit_now(shard));
     } else {
         let prev = RESERVED.fetch_sub(size as u64, Relaxed);
         update_level(prev.wrapping_sub(size as u64));
     }
 }
 
-#[cold]
-#[inline(never)]
-fn release_slow(shard: &Shard, credit: i64) {
-    let give = (credit - CHUNK_BYTES as i64) as u64;
-    shard.credit.store(CHUNK_BYTES as i64, Relaxed);
-    let prev = RESERVED.fetch_sub(give, Relaxed);
-    update_level(prev.wrapping_sub(give));
+/// Spends a leased shard's credit on one of heapwatch's own blocks (which
+/// the program's counters do not count). The shared shard reserved it in
+/// [`admit`] already.
+pub(crate) fn overhead_alloc(shard: &Shard, size: usize) {
+    if shard.is_exclusive() {
+        sync(shard, credit_now(shard).wrapping_sub(size as i64));
+    }
+}
+
+/// Gives back the bytes of one of heapwatch's own blocks, freed (or shrunk
+/// by `size` bytes).
+pub(crate) fn overhead_free(shard: &Shard, size: usize) {
+    if shard.is_exclusive() {
+        settle(shard, credit_now(shard).wrapping_add(size as i64));
+    } else {
+        let prev = RESERVED.fetch_sub(size as u64, Relaxed);
+        update_level(prev.wrapping_sub(size as u64));
+    }
+}
+
+/// Syncs a leased shard at `credit`, first handing back to the pool what
+/// it holds beyond `CHUNK_BYTES` if that exceeds `2 × CHUNK_BYTES`.
+fn settle(shard: &Shard, credit: i64) {
+    if credit > 2 * CHUNK_BYTES as i64 {
+        let give = (credit - CHUNK_BYTES as i64) as u64;
+        sync(shard, CHUNK_BYTES as i64);
+        let prev = RESERVED.fetch_sub(give, Relaxed);
+        update_level(prev.wrapping_sub(give));
+    } else {
+        sync(shard, credit);
+    }
 }
 
 /// Returns all of a shard's credit to the pool (its thread is exiting).
@@ -738,7 +819,8 @@ pub(crate) fn return_all_credit(shard: &Shard) {
     if !shard.is_exclusive() {
         return;
     }
-    let c = shard.credit.swap(0, Relaxed);
+    let c = credit_now(shard);
+    sync(shard, 0);
     if c > 0 {
         RESERVED.fetch_sub(c as u64, Relaxed);
     } else if c < 0 {
@@ -784,6 +866,92 @@ fn update_level(reserved: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fast-path allocation of `size` on `shard`, as the hook makes it.
+    fn fast_alloc(shard: &Shard, size: usize) -> bool {
+        if !admit_owned(shard, size) {
+            return false;
+        }
+        let a = shard.alloc_bytes.load(Relaxed);
+        shard.alloc_bytes.store(a + size as u64, Relaxed);
+        true
+    }
+
+    /// A fast-path free of `size` on `shard`, as the hook makes it.
+    fn fast_free(shard: &Shard, size: usize) -> bool {
+        let freed = shard.freed_bytes.load(Relaxed) + size as u64;
+        if !free_fits(shard, freed) {
+            return false;
+        }
+        shard.freed_bytes.store(freed, Relaxed);
+        true
+    }
+
+    #[test]
+    fn fast_path_limits_are_exact_right_after_a_sync() {
+        let chunk = CHUNK_BYTES as usize;
+        for credit in [0, 1, 100, chunk, 2 * chunk - 1, 2 * chunk] {
+            let shard = Shard::new(true);
+            shard.alloc_bytes.store(12_345, Relaxed);
+            shard.freed_bytes.store(6_789, Relaxed);
+            sync(&shard, credit as i64);
+            assert_eq!(credit_now(&shard), credit as i64);
+            // The whole credit can be spent, not a byte more.
+            assert!(!admit_owned(&shard, credit + 1), "credit {credit}");
+            assert!(
+                credit == 0 || admit_owned(&shard, credit),
+                "credit {credit}"
+            );
+            // Frees may bring it up to 2 chunks, not a byte more.
+            let room = 2 * chunk - credit;
+            assert!(free_fits(&shard, 6_789 + room as u64), "credit {credit}");
+            assert!(
+                !free_fits(&shard, 6_789 + room as u64 + 1),
+                "credit {credit}"
+            );
+        }
+        // Negative credit (a re-entrant inner allocator spent it): nothing
+        // fits until the general path draws more.
+        let shard = Shard::new(true);
+        sync(&shard, -10);
+        assert!(!admit_owned(&shard, 1));
+        assert!(free_fits(&shard, 2 * CHUNK_BYTES + 10));
+    }
+
+    #[test]
+    fn fast_paths_keep_credit_between_zero_and_two_chunks() {
+        // Whatever mix of fast allocations and frees follows a sync, the
+        // credit they leave (derived from the counters) stays in
+        // [0, 2 chunks]: the fast paths never overspend and never hoard.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let shard = Shard::new(true);
+        let mut fast = 0;
+        for round in 0..200 {
+            let credit = (next() % (2 * CHUNK_BYTES + 1)) as i64;
+            sync(&shard, credit);
+            for _ in 0..500 {
+                let size = 1 + (next() % 5_000) as usize;
+                let ok = if next() % 2 == 0 {
+                    fast_alloc(&shard, size)
+                } else {
+                    fast_free(&shard, size)
+                };
+                fast += usize::from(ok);
+                let now = credit_now(&shard);
+                assert!(
+                    (0..=2 * CHUNK_BYTES as i64).contains(&now),
+                    "round {round}: credit {now}"
+                );
+            }
+        }
+        assert!(fast > 1_000, "the fast paths were taken {fast} times");
+    }
 
     #[test]
     fn parses_units() {

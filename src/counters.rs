@@ -28,11 +28,10 @@ use serde::{Deserialize, Serialize};
 pub const SHARDS: usize = 256;
 
 /// One thread's counters. The first cache line holds what every allocation
-/// touches.
+/// and free touches; the budget's bookkeeping beyond its two limits (see
+/// `budget`, "the hook's side") is in the second.
 #[repr(C, align(128))]
 pub(crate) struct Shard {
-    /// Budget credit reserved from the global pool and not yet used (bytes).
-    pub(crate) credit: AtomicI64,
     /// Bytes left before the next sampled allocation.
     pub(crate) countdown: AtomicI64,
     pub(crate) allocs: AtomicU64,
@@ -40,10 +39,21 @@ pub(crate) struct Shard {
     pub(crate) frees: AtomicU64,
     pub(crate) freed_bytes: AtomicU64,
     pub(crate) reallocs: AtomicU64,
+    /// The highest `alloc_bytes` the budget credit lets the fast path reach.
+    pub(crate) alloc_limit: AtomicU64,
+    /// The highest `freed_bytes` the fast path may reach before the credit
+    /// freed must be looked at (and perhaps handed back to the pool).
+    pub(crate) free_limit: AtomicU64,
+    // Second line: the budget's credit at its last sync, sampling state,
+    // and heapwatch's own (and the inner allocator's re-entrant)
+    // allocations.
+    /// Budget credit (bytes reserved from the global pool and not yet used)
+    /// when `alloc_bytes` was `sync_alloc` and `freed_bytes` `sync_freed`.
+    pub(crate) credit: AtomicI64,
+    pub(crate) sync_alloc: AtomicU64,
+    pub(crate) sync_freed: AtomicU64,
     /// xorshift state of this shard's sampler (0 until seeded).
     pub(crate) rng: AtomicU64,
-    // Second line: heapwatch's own (and the inner allocator's re-entrant)
-    // allocations.
     pub(crate) ovh_allocs: AtomicU64,
     pub(crate) ovh_alloc_bytes: AtomicU64,
     pub(crate) ovh_frees: AtomicU64,
@@ -56,15 +66,19 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    const fn new(exclusive: bool) -> Shard {
+    pub(crate) const fn new(exclusive: bool) -> Shard {
         Shard {
-            credit: AtomicI64::new(0),
             countdown: AtomicI64::new(0),
             allocs: AtomicU64::new(0),
             alloc_bytes: AtomicU64::new(0),
             frees: AtomicU64::new(0),
             freed_bytes: AtomicU64::new(0),
             reallocs: AtomicU64::new(0),
+            alloc_limit: AtomicU64::new(0),
+            free_limit: AtomicU64::new(0),
+            credit: AtomicI64::new(0),
+            sync_alloc: AtomicU64::new(0),
+            sync_freed: AtomicU64::new(0),
             rng: AtomicU64::new(0),
             ovh_allocs: AtomicU64::new(0),
             ovh_alloc_bytes: AtomicU64::new(0),
@@ -95,16 +109,6 @@ impl Shard {
         c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
     }
 
-    /// Like [`Shard::add`] for a signed counter.
-    #[inline(always)]
-    pub(crate) fn add_i(&self, c: &AtomicI64, v: i64) {
-        if self.exclusive {
-            c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
-        } else {
-            c.fetch_add(v, Relaxed);
-        }
-    }
-
     /// Whether only the calling thread writes this shard.
     #[inline(always)]
     pub(crate) fn is_exclusive(&self) -> bool {
@@ -132,6 +136,8 @@ const SHARED_SHARD: usize = 4;
 /// and hold the guard bit and the two markers in the word.
 const TAG_BITS: usize = 127;
 const _: () = assert!(std::mem::align_of::<Shard>() > TAG_BITS);
+// The size `SHARDS` documents (and `callsites::static_table_bytes` counts).
+const _: () = assert!(std::mem::size_of::<Shard>() == 256);
 
 thread_local! {
     /// This thread's word: its shard (`NO_SHARD`, `SHARED_SHARD`, or the
@@ -246,6 +252,7 @@ fn lease_slow() -> &'static Shard {
             // A new owner decides its first sample afresh (the previous
             // owner's countdown may be from another sampling mode).
             shard.countdown.store(0, Relaxed);
+            crate::budget::start_lease(shard);
             // Publish the shard before registering the lease: if registering
             // the destructor allocates, that nested allocation finds the
             // shard already set and does not come back here.

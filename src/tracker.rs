@@ -204,7 +204,6 @@ impl<A> Tracker<A> {
 /// Counts a successful allocation of `size` bytes at `ptr` and samples it.
 #[inline(always)]
 fn on_alloc(shard: &Shard, ptr: *mut u8, size: usize) {
-    budget::consume(shard, size);
     shard.add(&shard.allocs, 1);
     shard.add(&shard.alloc_bytes, size as u64);
     if let Some(weight) = sampling::should_sample(shard, size) {
@@ -240,15 +239,17 @@ fn take_record_slow(ptr: *mut u8) -> Option<Record> {
 // The fast path is taken when the calling thread has leased a shard of its
 // own and is not inside heapwatch (`counters::fast`: the shard and the
 // reentrancy guard share one thread-local word, so this is one load and one
-// test); for `alloc` and a growing `realloc`, when its budget credit covers
-// the new bytes; for `dealloc` and `realloc`, when the block was not sampled
-// (one load of the free filter); and for `dealloc`, when the credit it gives
-// back leaves no surplus to hand to the pool. It updates the shard with
-// plain loads and stores, decides sampling with the countdown alone, and
-// calls the inner allocator once (`dealloc` as a tail call, with no stack
-// frame of its own). The `alloc` and `realloc` fast paths are inlined where
-// the program allocates; the `dealloc` one is called, in a copy per
-// alignment (`dealloc_fast` says why).
+// test); for `alloc` and `realloc`, when the shard's budget credit covers
+// the new bytes, and for `dealloc` and `realloc`, when the credit given back
+// cannot leave a surplus to hand to the pool (each one comparison of a
+// counter the path updates anyway with a limit, `budget` says how); and for
+// `dealloc` and `realloc`, when the block was not sampled (one load of the
+// free filter). It updates the shard with plain loads and stores, decides
+// sampling with the countdown alone, and calls the inner allocator once
+// (`dealloc` as a tail call, with no stack frame of its own). The `alloc`
+// and `realloc` fast paths are inlined where the program allocates; the
+// `dealloc` one is called, in a copy per alignment (`dealloc_fast` says
+// why).
 //
 // Everything else takes the general path (`*_slow`, out of line): the
 // thread's first allocation (which applies the tracker's configuration and
@@ -298,9 +299,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Tracker<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old_size = layout.size();
         if let Some(shard) = counters::fast() {
-            let growth = new_size.saturating_sub(old_size);
             // A sampled block's record must move with it: the general path.
-            if budget::admit_owned(shard, growth) && !callsites::maybe_sampled(ptr as usize) {
+            if budget::admit_realloc_owned(shard, old_size, new_size)
+                && !callsites::maybe_sampled(ptr as usize)
+            {
                 let p = {
                     let _g = Guard::enter_fast(shard);
                     // SAFETY: the caller upholds `realloc`'s contract: `ptr`
@@ -434,9 +436,10 @@ impl<A: GlobalAlloc> Tracker<A> {
                 return unsafe { self.dealloc_sampled(shard, ptr, layout) };
             } else {
                 let size = layout.size();
-                if budget::release_owned_fast(shard, size) {
+                let freed = shard.freed_bytes.load(Relaxed).wrapping_add(size as u64);
+                if budget::free_fits(shard, freed) {
+                    shard.freed_bytes.store(freed, Relaxed);
                     shard.add_owned(&shard.frees, 1);
-                    shard.add_owned(&shard.freed_bytes, size as u64);
                     // No guard around the inner `dealloc` (unlike `alloc`):
                     // freeing does not allocate in jemalloc, System or dhat.
                     // An inner allocator that did allocate while freeing
@@ -482,9 +485,12 @@ impl<A: GlobalAlloc> Tracker<A> {
         if let Some(rec) = callsites::take(ptr as usize) {
             callsites::record_free(shard, &rec);
         }
+        let freed = shard.freed_bytes.load(Relaxed).wrapping_add(size as u64);
+        shard.freed_bytes.store(freed, Relaxed);
         shard.add_owned(&shard.frees, 1);
-        shard.add_owned(&shard.freed_bytes, size as u64);
-        budget::release_owned(shard, size);
+        if !budget::free_fits(shard, freed) {
+            budget::release(shard, size);
+        }
         // SAFETY: forwarded from this function's own contract.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
@@ -522,22 +528,25 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
             return p;
         }
-        if growth > 0 {
-            budget::consume(shard, growth);
-        } else {
-            budget::release(shard, old_size - new_size);
-        }
         if let Some(rec) = rec {
             callsites::record_free(shard, &rec);
         }
         if guarded {
             shard.add(&shard.ovh_alloc_bytes, new_size as u64);
             shard.add(&shard.ovh_freed_bytes, old_size as u64);
+            if growth > 0 {
+                budget::overhead_alloc(shard, growth);
+            } else {
+                budget::overhead_free(shard, old_size - new_size);
+            }
             return p;
         }
         shard.add(&shard.reallocs, 1);
         shard.add(&shard.alloc_bytes, new_size as u64);
         shard.add(&shard.freed_bytes, old_size as u64);
+        if growth == 0 {
+            budget::release(shard, old_size - new_size);
+        }
         if let Some(weight) = sampling::should_sample(shard, new_size) {
             record_sampled(shard, p, new_size, weight);
         }
@@ -582,7 +591,6 @@ impl<A: GlobalAlloc> Tracker<A> {
 /// shard and samples it.
 #[inline(always)]
 fn on_alloc_owned(shard: &Shard, ptr: *mut u8, size: usize) {
-    budget::consume_owned(shard, size);
     shard.add_owned(&shard.allocs, 1);
     shard.add_owned(&shard.alloc_bytes, size as u64);
     if !sampling::countdown_left(shard, size) {
@@ -606,11 +614,6 @@ fn sample_and_record(shard: &Shard, ptr: *mut u8, size: usize) {
 /// calling thread's own shard, and samples the new block.
 #[inline(always)]
 fn on_realloc_owned(shard: &Shard, p: *mut u8, old_size: usize, new_size: usize) {
-    if new_size > old_size {
-        budget::consume_owned(shard, new_size - old_size);
-    } else {
-        budget::release_owned(shard, old_size - new_size);
-    }
     shard.add_owned(&shard.reallocs, 1);
     shard.add_owned(&shard.alloc_bytes, new_size as u64);
     shard.add_owned(&shard.freed_bytes, old_size as u64);
@@ -631,11 +634,12 @@ fn on_dealloc_slow(ptr: *mut u8, size: usize) {
     if guard::is_active() {
         shard.add(&shard.ovh_frees, 1);
         shard.add(&shard.ovh_freed_bytes, size as u64);
+        budget::overhead_free(shard, size);
     } else {
         shard.add(&shard.frees, 1);
         shard.add(&shard.freed_bytes, size as u64);
+        budget::release(shard, size);
     }
-    budget::release(shard, size);
 }
 
 /// Counts an allocation made under the reentrancy guard as overhead.
@@ -644,7 +648,7 @@ fn overhead_alloc(shard: &Shard, p: *mut u8, size: usize) {
     if p.is_null() {
         budget::cancel(shard, size);
     } else {
-        budget::consume(shard, size);
+        budget::overhead_alloc(shard, size);
         shard.add(&shard.ovh_allocs, 1);
         shard.add(&shard.ovh_alloc_bytes, size as u64);
     }

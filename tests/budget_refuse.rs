@@ -145,6 +145,27 @@ fn budget_refuses_and_the_program_carries_on() {
     heapwatch::set_budget(Budget::UNLIMITED);
     let big = vec![0u8; 128 << 20];
     drop(big);
+
+    // 6. A thread that frees what another allocated hands the credit those
+    //    frees give it back to the pool as it goes (not only when it exits):
+    //    16 MiB freed leave it at most 2 chunks.
+    let before_blocks = reserved();
+    let blocks: Vec<Vec<u8>> = (0..4096).map(|_| vec![1u8; 4096]).collect();
+    assert!(reserved() >= before_blocks + (16 << 20));
+    let (tx, rx) = mpsc::channel::<Vec<Vec<u8>>>();
+    let freer = std::thread::spawn(move || {
+        drop(rx.recv().unwrap());
+        reserved()
+    });
+    tx.send(blocks).unwrap();
+    let after_free = freer.join().unwrap();
+    // Main's and the freeing thread's credit (2 chunks each), and the
+    // channel's own blocks.
+    let allowed = before_blocks + 4 * CHUNK_BYTES + (64 << 10);
+    assert!(
+        after_free <= allowed,
+        "16 MiB freed on another thread left the reservation at {after_free} (at most {allowed})"
+    );
     common::exact_totals(&GLOBAL);
 }
 
