@@ -776,8 +776,7 @@ pub(crate) fn release(shard: &Shard, size: usize) {
     if shard.is_exclusive() {
         settle(shard, credit_now(shard));
     } else {
-        let prev = RESERVED.fetch_sub(size as u64, Relaxed);
-        update_level(prev.wrapping_sub(size as u64));
+        give_back(size as u64);
     }
 }
 
@@ -796,8 +795,7 @@ pub(crate) fn overhead_free(shard: &Shard, size: usize) {
     if shard.is_exclusive() {
         settle(shard, credit_now(shard).wrapping_add(size as i64));
     } else {
-        let prev = RESERVED.fetch_sub(size as u64, Relaxed);
-        update_level(prev.wrapping_sub(size as u64));
+        give_back(size as u64);
     }
 }
 
@@ -805,13 +803,18 @@ pub(crate) fn overhead_free(shard: &Shard, size: usize) {
 /// it holds beyond `CHUNK_BYTES` if that exceeds `2 × CHUNK_BYTES`.
 fn settle(shard: &Shard, credit: i64) {
     if credit > 2 * CHUNK_BYTES as i64 {
-        let give = (credit - CHUNK_BYTES as i64) as u64;
         sync(shard, CHUNK_BYTES as i64);
-        let prev = RESERVED.fetch_sub(give, Relaxed);
-        update_level(prev.wrapping_sub(give));
+        give_back((credit - CHUNK_BYTES as i64) as u64);
     } else {
         sync(shard, credit);
     }
+}
+
+/// Returns `bytes` to the pool (the reservation) and updates the budget
+/// level.
+fn give_back(bytes: u64) {
+    let prev = RESERVED.fetch_sub(bytes, Relaxed);
+    update_level(prev.wrapping_sub(bytes));
 }
 
 /// Returns all of a shard's credit to the pool (its thread is exiting).
