@@ -23,11 +23,17 @@ pub struct Frame {
     /// Demangled function name (without the hash), or `module+0xoffset`
     /// when the address has no symbol.
     pub function: String,
-    /// Source file, shortened (registry and toolchain prefixes removed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Source file, shortened the same way on every run and machine:
+    /// `tokio-1.54.1/src/runtime/mod.rs` for a dependency,
+    /// `library/alloc/src/vec/mod.rs` for the standard library, and
+    /// relative to its crate's directory (`src/main.rs`,
+    /// `examples/demo.rs`) for the program's own code.
+    /// `null` when the address has no debug information (a missing key, as
+    /// in files saved by earlier builds, reads as `null`).
+    #[serde(default)]
     pub file: Option<String>,
-    /// Line in `file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Line in `file`, or `null`.
+    #[serde(default)]
     pub line: Option<u32>,
 }
 
@@ -156,9 +162,20 @@ fn module_offset(addr: usize) -> String {
     }
 }
 
-/// Shortens a source path: cargo registry and git checkouts lose everything
-/// before `crate-version/`, the toolchain's sources everything before
-/// `library/`, and paths under the current directory become relative.
+/// Shortens a source path, from the path alone (never from the current
+/// directory or the machine), so that a callsite's frames, and so its `id`,
+/// are the same whichever directory the program was started from, and two
+/// builds of one source tree in different places match:
+///
+/// - cargo registry and git checkouts lose everything before
+///   `crate-version/` (`tokio-1.54.1/src/runtime/mod.rs`);
+/// - the toolchain's sources lose everything before `library/`;
+/// - any other absolute path in a crate becomes relative to the crate's
+///   directory: it keeps its last `src` component and what follows
+///   (`src/main.rs`, `src/bin/tool.rs`), or, with no `src` in it, its last
+///   `examples`, `tests` or `benches` component and what follows
+///   (`examples/demo.rs`, `tests/common/mod.rs`);
+/// - anything else is left as it is.
 pub(crate) fn shorten_path(path: &str) -> String {
     for marker in ["/registry/src/", "/git/checkouts/"] {
         if let Some(i) = path.find(marker) {
@@ -172,9 +189,16 @@ pub(crate) fn shorten_path(path: &str) -> String {
             return path[i + 1..].to_string();
         }
     }
-    if let Ok(cwd) = std::env::current_dir() {
-        if let Some(rest) = path.strip_prefix(&*cwd.to_string_lossy()) {
-            return rest.trim_start_matches('/').to_string();
+    if path.starts_with('/') {
+        let from_last = |dirs: &[&str]| {
+            dirs.iter()
+                .filter_map(|d| path.rfind(&format!("/{d}/")))
+                .max()
+        };
+        if let Some(i) =
+            from_last(&["src"]).or_else(|| from_last(&["examples", "tests", "benches"]))
+        {
+            return path[i + 1..].to_string();
         }
     }
     path.to_string()
@@ -352,6 +376,40 @@ mod tests {
             "library/alloc/src/raw_vec.rs"
         );
         assert_eq!(shorten_path("/elsewhere/x.rs"), "/elsewhere/x.rs");
+        assert_eq!(shorten_path("src/main.rs"), "src/main.rs");
+        // A crate's own files, wherever the crate is and whatever the
+        // current directory is.
+        for (path, short) in [
+            ("/work/main/examples/demo.rs", "examples/demo.rs"),
+            ("/tmp/ci-clone/tests/cli.rs", "tests/cli.rs"),
+            ("/home/u/proj/src/main.rs", "src/main.rs"),
+            ("/home/u/proj/src/bin/tool.rs", "src/bin/tool.rs"),
+            ("/repo/crates/foo/src/tests/mod.rs", "src/tests/mod.rs"),
+            ("/home/u/src/proj/src/lib.rs", "src/lib.rs"),
+            ("/repo/tests/common/mod.rs", "tests/common/mod.rs"),
+            (
+                "/repo/benches/compare/hw_off.rs",
+                "benches/compare/hw_off.rs",
+            ),
+        ] {
+            assert_eq!(shorten_path(path), short, "{path}");
+        }
+    }
+
+    #[test]
+    fn frames_always_have_all_three_keys() {
+        let bare = Frame {
+            function: "libc.so.6+0x29d90".into(),
+            file: None,
+            line: None,
+        };
+        let json = serde_json::to_string(&bare).unwrap();
+        assert_eq!(
+            json,
+            r#"{"function":"libc.so.6+0x29d90","file":null,"line":null}"#
+        );
+        let old: Frame = serde_json::from_str(r#"{"function":"libc.so.6+0x29d90"}"#).unwrap();
+        assert_eq!(old, bare);
     }
 
     #[test]
