@@ -31,8 +31,10 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> String {
 fn get(addr: SocketAddr, target: &str, extra_headers: &str) -> String {
     exchange(
         addr,
-        format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra_headers}Connection: close\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra_headers}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
 }
 
@@ -84,12 +86,15 @@ fn malformed_http_is_rejected_and_the_server_keeps_serving() {
     assert!(r.is_empty() || status(&r) == Some(400), "{r}");
     assert_good(addr, "malformed request line");
 
-    let r = exchange(addr, b"GET /heap\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = exchange(
+        addr,
+        b"GET /heap\xff\xfe HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     assert!(r.is_empty() || matches!(status(&r), Some(400 | 404)), "{r}");
     assert_good(addr, "invalid UTF-8 in the path");
 
     let long = format!(
-        "GET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
         "a".repeat(100 * 1024)
     );
     let r = exchange(addr, long.as_bytes());
@@ -99,7 +104,7 @@ fn malformed_http_is_rejected_and_the_server_keeps_serving() {
     );
     assert_good(addr, "a 100 KiB path");
 
-    let mut huge = String::from("GET /heap HTTP/1.1\r\nHost: x\r\n");
+    let mut huge = String::from("GET /heap HTTP/1.1\r\nHost: localhost\r\n");
     for i in 0..2000 {
         huge.push_str(&format!("X-Filler-{i}: {}\r\n", "v".repeat(40)));
     }
@@ -110,14 +115,14 @@ fn malformed_http_is_rejected_and_the_server_keeps_serving() {
 
     let r = exchange(
         addr,
-        b"GET /heap HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        b"GET /heap HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
     );
     assert_error(&r, 413, &["bod"]);
     assert_good(addr, "a body on GET");
 
     let r = exchange(
         addr,
-        b"GET /heap HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET /heap HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     );
     assert_error(&r, 413, &["bod"]);
     assert_good(addr, "a chunked body on GET");
@@ -130,7 +135,10 @@ fn malformed_http_is_rejected_and_the_server_keeps_serving() {
         .header_timeout(Duration::from_millis(200))
         .serve()
         .expect("serve");
-    let r = exchange(slow.local_addr(), b"GET /heap HTTP/1.1\r\nHost: x\r\n");
+    let r = exchange(
+        slow.local_addr(),
+        b"GET /heap HTTP/1.1\r\nHost: localhost\r\n",
+    );
     assert!(r.is_empty() || matches!(status(&r), Some(408)), "{r}");
     assert_good(slow.local_addr(), "an unfinished request");
     slow.shutdown();
@@ -145,7 +153,7 @@ fn bad_requests_get_json_errors() {
 
     let r = exchange(
         addr,
-        b"DELETE /heap HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"DELETE /heap HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert_error(&r, 405, &["DELETE"]);
     assert!(r.to_ascii_lowercase().contains("\r\nallow: get\r\n"), "{r}");
@@ -153,13 +161,29 @@ fn bad_requests_get_json_errors() {
 
     let r = exchange(
         addr,
-        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );
     assert_error(&r, 405, &["POST"]);
 
     let r = get(addr, "/nope", "");
     assert_error(&r, 404, &["/nope"]);
     assert_good(addr, "an unknown path");
+
+    // Each answer names the first thing wrong: the path before the method,
+    // the method before the query.
+    let r = get(addr, "/nope?a=1&a=2", "");
+    assert_error(&r, 404, &["/nope"]);
+    let r = exchange(
+        addr,
+        b"POST /heap?x=%zz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_error(&r, 405, &["POST"]);
+    let r = exchange(
+        addr,
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n",
+    );
+    assert_error(&r, 405, &["CONNECT"]);
+    assert_good(addr, "CONNECT");
 
     for (target, mentions) in [
         ("/heap?top=abc", &["top", "abc"][..]),
@@ -207,6 +231,9 @@ fn token_is_required_when_configured() {
         // The query token is for the dashboard page only.
         ("/heap?token=correct%20horse", ""),
         ("/nope", ""),
+        // The token is checked before the query.
+        ("/heap?top=1&top=2", ""),
+        ("/heap?top=%zz", ""),
     ] {
         let r = get(addr, target, headers);
         assert_error(&r, 401, &["token"]);
@@ -220,6 +247,14 @@ fn token_is_required_when_configured() {
     for target in ["/heap?top=1", "/metrics", "/heap/leaks", "/"] {
         let r = get(addr, target, ok);
         assert_eq!(status(&r), Some(200), "{target}: {r}");
+    }
+    // The scheme's name is case-insensitive.
+    for header in [
+        "Authorization: bearer correct horse\r\n",
+        "Authorization: BEARER correct horse\r\n",
+    ] {
+        let r = get(addr, "/heap/history", header);
+        assert_eq!(status(&r), Some(200), "{header:?}: {r}");
     }
     let r = get(addr, "/?token=correct%20horse", "");
     assert_eq!(status(&r), Some(200), "{r}");
@@ -309,5 +344,126 @@ fn connection_limit_holds_and_recovers() {
     );
     stop.store(true, Ordering::Relaxed);
     app.join().unwrap();
+    server.shutdown();
+}
+
+#[test]
+fn requests_to_other_host_names_are_refused() {
+    // A web page that makes its own name resolve to 127.0.0.1 (DNS
+    // rebinding) reaches the endpoint with its own name in `Host`.
+    let server = ServerBuilder::new()
+        .addr("127.0.0.1:0")
+        .token(None)
+        .allow_host("Heap.Internal")
+        .serve()
+        .expect("serve");
+    let addr = server.local_addr();
+    let port = addr.port();
+    let with_host = |target: &str, host: &str| {
+        exchange(
+            addr,
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+
+    for host in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        "127.0.0.1.nip.io".to_string(),
+        "localhost.evil.example".to_string(),
+        "10.0.0.1".to_string(),
+        "not a host name".to_string(),
+    ] {
+        let r = with_host("/heap", &host);
+        assert_error(&r, 403, &["DNS rebinding"]);
+        assert!(!r.contains("callsites"), "{r}");
+    }
+    // An absolute request target names a host too.
+    let r = with_host("http://evil.example/heap", "localhost");
+    assert_error(&r, 403, &["evil.example"]);
+
+    for host in [
+        "localhost".to_string(),
+        format!("LocalHost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "127.3.2.1".to_string(),
+        format!("[::1]:{port}"),
+        "dashboard.localhost".to_string(),
+        "heap.internal".to_string(),
+        format!("HEAP.INTERNAL:{port}"),
+    ] {
+        let r = with_host("/heap/history", &host);
+        assert_eq!(status(&r), Some(200), "{host}: {r}");
+    }
+    let r = with_host(
+        &format!("http://127.0.0.1:{port}/heap/history"),
+        "localhost",
+    );
+    assert_eq!(status(&r), Some(200), "{r}");
+    // HTTP/1.0 clients may send no Host at all.
+    let r = exchange(addr, b"GET /heap/history HTTP/1.0\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
+    server.shutdown();
+}
+
+#[test]
+fn refused_connections_still_read_their_503() {
+    let server = ServerBuilder::new()
+        .addr("127.0.0.1:0")
+        .token(None)
+        .max_connections(2)
+        .header_timeout(Duration::from_secs(60))
+        .serve()
+        .expect("serve");
+    let addr = server.local_addr();
+    // Two idle connections take both slots (the server answers the third
+    // only once it has taken them: wait for a 503).
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut ready = false;
+    for _ in 0..500 {
+        if status(&get(addr, "/heap/history", "")) == Some(503) {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(ready, "the two idle connections never filled the slots");
+
+    // Clients over the limit that send their request at once and read the
+    // answer a little later (as a busy client does): each must read the
+    // whole 503, not a connection reset.
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                s.write_all(b"GET /heap HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    .expect("send the request");
+                std::thread::sleep(Duration::from_millis(200));
+                let mut answer = Vec::new();
+                let read = s.read_to_end(&mut answer);
+                (
+                    read.map_err(|e| e.kind()),
+                    String::from_utf8_lossy(&answer).into_owned(),
+                )
+            })
+        })
+        .collect();
+    for c in clients {
+        let (read, answer) = c.join().unwrap();
+        assert!(read.is_ok(), "{read:?} after reading {answer:?}");
+        assert_error(&answer, 503, &["connections"]);
+    }
+    drop(held);
+    let mut recovered = false;
+    for _ in 0..500 {
+        if status(&get(addr, "/heap/history", "")) == Some(200) {
+            recovered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(recovered, "the slots did not come back");
     server.shutdown();
 }

@@ -353,7 +353,7 @@ fn routes_history_diff_and_shutdown() {
     // Keep-alive: two requests on one connection.
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(read_timeout())).unwrap();
-    s.write_all(b"GET /heap/history HTTP/1.1\r\nHost: x\r\n\r\nGET /heap/history HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /heap/history HTTP/1.1\r\nHost: localhost\r\n\r\nGET /heap/history HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();

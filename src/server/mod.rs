@@ -11,12 +11,19 @@
 //! Routes are listed in `docs/ENDPOINTS.md`. Heap data is sensitive: the
 //! server binds loopback unless told otherwise, and can require a bearer
 //! token ([`ServerBuilder::token`], or the `HEAPWATCH_TOKEN` environment
-//! variable).
+//! variable). Bound to loopback, it answers only requests addressed to a
+//! loopback name (`localhost`, `127.0.0.1`, `[::1]`, or names added with
+//! [`ServerBuilder::allow_host`]), so that a web page cannot read it by
+//! making its own name resolve to 127.0.0.1 (DNS rebinding): others get
+//! `403`.
 //!
 //! # Limits
 //!
 //! - at most [`ServerBuilder::max_connections`] connections (64); others
-//!   get `503` and are closed at once;
+//!   get `503`, then their requests are read and dropped until they close,
+//!   for at most 1 s (closing with a request unread would reset the
+//!   connection, and the client could lose the `503`); past as many again
+//!   (at least 64), the `503` is sent and the connection closed at once;
 //! - request line and headers at most 16 KiB (hyper answers `431`);
 //! - headers must arrive within [`ServerBuilder::header_timeout`] (5 s),
 //!   which also closes keep-alive connections idle that long; a connection
@@ -56,6 +63,10 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
 /// How long in-flight requests get to finish on shutdown.
 const GRACE: Duration = Duration::from_secs(1);
+/// How long a connection refused with `503` is read from before it closes.
+const BUSY_LINGER: Duration = Duration::from_secs(1);
+/// Refused connections read from at once, at least (else the limit).
+const BUSY_MIN: usize = 64;
 /// Sent to connections over the limit.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\n\
@@ -87,7 +98,7 @@ content-length: 58\r\n\
 ///
 ///     let server = heapwatch::serve("127.0.0.1:0")?;
 ///     let mut conn = std::net::TcpStream::connect(server.local_addr()).unwrap();
-///     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+///     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 ///         .unwrap();
 ///     let mut response = String::new();
 ///     conn.read_to_string(&mut response).unwrap();
@@ -140,6 +151,7 @@ pub struct ServerBuilder {
     leak_window: Duration,
     leak_thresholds: LeakThresholds,
     allow_non_loopback: bool,
+    allowed_hosts: Vec<String>,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -161,6 +173,7 @@ impl fmt::Debug for ServerBuilder {
             .field("leak_window", &self.leak_window)
             .field("leak_thresholds", &self.leak_thresholds)
             .field("allow_non_loopback", &self.allow_non_loopback)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
@@ -190,6 +203,7 @@ impl ServerBuilder {
             leak_window: Duration::from_secs(300),
             leak_thresholds: LeakThresholds::DEFAULT,
             allow_non_loopback: false,
+            allowed_hosts: Vec::new(),
         }
     }
 
@@ -270,6 +284,28 @@ impl ServerBuilder {
         self
     }
 
+    /// Also answer requests addressed to `host` (a name, without a port),
+    /// besides the loopback names. Requests to a server bound to loopback
+    /// must name `localhost`, a name under `.localhost`, or a loopback
+    /// address in their `Host` header (or request target); others get
+    /// `403`, which stops web pages from reading heap data through DNS
+    /// rebinding. Add the name a local proxy forwards under, if it keeps
+    /// the client's. A server bound to other addresses does not check.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// let server = heapwatch::ServerBuilder::new()
+    ///     .allow_host("heap.internal")
+    ///     .serve()?;
+    /// # server.shutdown();
+    /// # Ok::<(), heapwatch::Error>(())
+    /// ```
+    pub fn allow_host(mut self, host: impl Into<String>) -> ServerBuilder {
+        self.allowed_hosts.push(host.into().to_ascii_lowercase());
+        self
+    }
+
     /// Binds the address and starts the server thread. Returns once the
     /// server accepts connections.
     ///
@@ -320,6 +356,8 @@ impl ServerBuilder {
                 header_timeout: self.header_timeout,
                 leak_window: self.leak_window,
                 leak_thresholds: self.leak_thresholds,
+                loopback_only: local_addr.ip().is_loopback(),
+                allowed_hosts: self.allowed_hosts,
             };
             start(listener, cfg)
         });
@@ -420,6 +458,7 @@ async fn accept_loop(
 ) {
     let history = tokio::spawn(history_task(Arc::clone(&state)));
     let slots = Arc::new(Semaphore::new(state.cfg.max_connections));
+    let busy_slots = Arc::new(Semaphore::new(state.cfg.max_connections.max(BUSY_MIN)));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(state.cfg.header_timeout)
@@ -441,9 +480,15 @@ async fn accept_loop(
                     }
                 };
                 let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                    // Over the limit: answer without a task and close.
+                    // Over the limit: answer at once, then close gently
+                    // while that costs no more than the limit again.
                     let _ = stream.try_write(BUSY);
-                    drop(stream);
+                    if let Ok(busy) = Arc::clone(&busy_slots).try_acquire_owned() {
+                        conns.spawn(async move {
+                            close_gently(stream).await;
+                            drop(busy);
+                        });
+                    }
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -471,6 +516,23 @@ async fn accept_loop(
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
+}
+
+/// Closes a connection that was answered `503` without resetting it.
+/// Closing a socket with unread data makes the kernel send a reset, and a
+/// client whose request arrived before the answer went out could then lose
+/// the answer before reading it. So this ends the server's side, then reads
+/// and drops what the client sends until it closes, for at most
+/// [`BUSY_LINGER`].
+async fn close_gently(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(BUSY_LINGER, async {
+        while let Ok(1..) = stream.read(&mut sink).await {}
+    })
+    .await;
 }
 
 async fn serve_connection(

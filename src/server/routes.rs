@@ -151,16 +151,31 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
 }
 
 async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    // Checks in this order, so that each answer says the first thing wrong:
+    // the host (403), the token (401), the path (404), the method (405), a
+    // body (413), the query (400).
+    if state.cfg.loopback_only {
+        if let Some(host) = foreign_host(req, &state.cfg.allowed_hosts) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "host {host:?} is not a loopback name: this endpoint is bound to \
+                     loopback and answers only localhost, 127.0.0.1, [::1] and the \
+                     names allowed with ServerBuilder::allow_host (a guard against \
+                     DNS rebinding)"
+                ),
+            ));
+        }
+    }
+    let query = parse_query(req.uri().query().unwrap_or(""));
     let route = Route::from_path(req.uri().path());
-    let query = parse_query(req.uri().query().unwrap_or(""))?;
-
     if let Some(token) = &state.cfg.token {
         let from_header = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        let from_query = match route {
-            Some(Route::Dashboard) => query.get("token").map(|t| t.as_bytes()),
+            .and_then(|v| bearer_token(v.as_bytes()));
+        let from_query = match (route, &query) {
+            (Some(Route::Dashboard), Ok(q)) => q.get("token").map(|t| t.as_bytes()),
             _ => None,
         };
         let ok = from_header.or(from_query).is_some_and(|t| ct_eq(t, token));
@@ -171,17 +186,25 @@ async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiErro
             ));
         }
     }
-    let Some(route) = route else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {}", req.uri().path()),
-        ));
-    };
-    if req.method() != Method::GET {
-        return Err(ApiError::new(
+    let not_allowed = || {
+        ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {} not allowed (use GET)", req.method()),
-        ));
+        )
+    };
+    let route = match route {
+        Some(route) => route,
+        // `CONNECT host:port` names no path at all.
+        None if req.method() == Method::CONNECT => return Err(not_allowed()),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {}", req.uri().path()),
+            ))
+        }
+    };
+    if req.method() != Method::GET {
+        return Err(not_allowed());
     }
     if !req.body().is_end_stream() {
         return Err(ApiError::new(
@@ -189,6 +212,7 @@ async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiErro
             "request bodies are not accepted",
         ));
     }
+    let query = query?;
     if let Some(name) = query.keys().find(|k| !route.params().contains(&k.as_str())) {
         let allowed = route.params().join(", ");
         return Err(ApiError::new(
@@ -461,6 +485,49 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// Compares in time that depends only on the lengths, not on where the
 /// inputs differ.
+/// The token of an `Authorization: Bearer <token>` header (the scheme in
+/// any case, as RFC 9110 has it).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    Some(rest.trim_ascii())
+}
+
+/// The host a request names, through its `Host` header or an absolute
+/// request target, when that is not a loopback name (`localhost`, a name
+/// under `.localhost`, or a loopback address). A page that makes its own
+/// name resolve to 127.0.0.1 (DNS rebinding) sends its name here.
+fn foreign_host(req: &Request<Incoming>, allowed: &[String]) -> Option<String> {
+    let from_header = req.headers().get(header::HOST).map(|h| {
+        h.to_str()
+            .ok()
+            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+            .ok_or_else(|| String::from_utf8_lossy(h.as_bytes()).into_owned())
+    });
+    let from_target = req.uri().authority().cloned().map(Ok);
+    for authority in [from_header, from_target].into_iter().flatten() {
+        match authority {
+            Ok(a) if is_loopback_name(a.host()) => {}
+            Ok(a) if allowed.iter().any(|h| a.host().eq_ignore_ascii_case(h)) => {}
+            Ok(a) => return Some(a.host().to_string()),
+            Err(unparsable) => return Some(unparsable),
+        }
+    }
+    None
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let lower = host.to_ascii_lowercase();
+    lower == "localhost"
+        || lower.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {

@@ -20,6 +20,10 @@ pub(crate) struct Config {
     pub(crate) header_timeout: Duration,
     pub(crate) leak_window: Duration,
     pub(crate) leak_thresholds: LeakThresholds,
+    /// Bound to loopback: answer only requests to loopback names.
+    pub(crate) loopback_only: bool,
+    /// More names to answer (lowercase), from `ServerBuilder::allow_host`.
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 /// The history ring. Snapshots are kept without their frames (a
