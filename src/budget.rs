@@ -3,8 +3,16 @@
 //!
 //! # How the budget is enforced
 //!
-//! A global counter, the *reservation*, is always at least the number of
-//! bytes live through the tracker (the program's and heapwatch's own). Each
+//! The budget bounds the program's live bytes. heapwatch's own blocks (its
+//! tables, the symbol caches, snapshots being built, the server) are not
+//! charged to it and never refused: they go straight to the inner
+//! allocator and are reported apart, as `overhead_bytes`. So building a
+//! snapshot, which parses debug information, can never make the program's
+//! allocations fail, nor abort the process; leave room for heapwatch's
+//! overhead when sizing a budget against a container's memory limit.
+//!
+//! A global counter, the *reservation*, is always at least the program's
+//! live bytes. Each
 //! thread draws credit from it in chunks of [`CHUNK_BYTES`] and spends the
 //! credit locally: most allocations touch only the thread's own shard. When
 //! a thread's credit runs out it draws again with a compare-and-swap that
@@ -303,8 +311,9 @@ pub struct BudgetStatus {
     pub policy: Policy,
     /// The thresholds in force.
     pub thresholds: Thresholds,
-    /// The reservation: live bytes (program and heapwatch) plus the credit
-    /// threads hold. Always at least the live bytes.
+    /// The reservation: the program's live bytes plus the credit threads
+    /// hold. Always at least the program's live bytes (heapwatch's own are
+    /// not charged to the budget).
     pub reserved_bytes: u64,
     /// The highest reservation so far.
     pub peak_bytes: u64,
@@ -656,8 +665,9 @@ pub(crate) fn start_lease(shard: &Shard) {
 
 /// Admits an allocation of `size` bytes on `shard`: true if it may go ahead.
 /// Never allocates or panics. If the inner allocator then fails, call
-/// [`cancel`]; if it succeeds, count the block in the shard's counters (a
-/// program block) or call [`overhead_alloc`] (one of heapwatch's own).
+/// [`cancel`]; if it succeeds, count the block in the shard's counters.
+/// heapwatch's own blocks never come here: they are not charged to the
+/// budget.
 #[inline]
 pub(crate) fn admit(shard: &Shard, size: usize) -> bool {
     if shard.is_exclusive() {
@@ -763,7 +773,7 @@ pub(crate) fn free_fits(shard: &Shard, freed: u64) -> bool {
 #[inline(always)]
 pub(crate) fn cancel(shard: &Shard, size: usize) {
     if !shard.is_exclusive() {
-        RESERVED.fetch_sub(size as u64, Relaxed);
+        unreserve(size as u64);
     }
 }
 
@@ -775,25 +785,6 @@ pub(crate) fn cancel(shard: &Shard, size: usize) {
 pub(crate) fn release(shard: &Shard, size: usize) {
     if shard.is_exclusive() {
         settle(shard, credit_now(shard));
-    } else {
-        give_back(size as u64);
-    }
-}
-
-/// Spends a leased shard's credit on one of heapwatch's own blocks (which
-/// the program's counters do not count). The shared shard reserved it in
-/// [`admit`] already.
-pub(crate) fn overhead_alloc(shard: &Shard, size: usize) {
-    if shard.is_exclusive() {
-        sync(shard, credit_now(shard).wrapping_sub(size as i64));
-    }
-}
-
-/// Gives back the bytes of one of heapwatch's own blocks, freed (or shrunk
-/// by `size` bytes).
-pub(crate) fn overhead_free(shard: &Shard, size: usize) {
-    if shard.is_exclusive() {
-        settle(shard, credit_now(shard).wrapping_add(size as i64));
     } else {
         give_back(size as u64);
     }
@@ -813,8 +804,20 @@ fn settle(shard: &Shard, credit: i64) {
 /// Returns `bytes` to the pool (the reservation) and updates the budget
 /// level.
 fn give_back(bytes: u64) {
-    let prev = RESERVED.fetch_sub(bytes, Relaxed);
-    update_level(prev.wrapping_sub(bytes));
+    update_level(unreserve(bytes));
+}
+
+/// Takes `bytes` out of the reservation, never below zero, and returns
+/// what is left. Only a free of a block the budget never charged could
+/// take more than is there: one of heapwatch's own blocks freed outside
+/// its guard, as when the program drops a `dhat::Profiler` whose tables
+/// dhat allocated while serving heapwatch. Wrapping around would refuse
+/// every allocation that follows.
+fn unreserve(bytes: u64) -> u64 {
+    let prev = RESERVED
+        .fetch_update(Relaxed, Relaxed, |r| Some(r.saturating_sub(bytes)))
+        .unwrap_or_else(|r| r);
+    prev.saturating_sub(bytes)
 }
 
 /// Returns all of a shard's credit to the pool (its thread is exiting).
@@ -825,7 +828,7 @@ pub(crate) fn return_all_credit(shard: &Shard) {
     let c = credit_now(shard);
     sync(shard, 0);
     if c > 0 {
-        RESERVED.fetch_sub(c as u64, Relaxed);
+        unreserve(c as u64);
     } else if c < 0 {
         RESERVED.fetch_add(c.unsigned_abs(), Relaxed);
     }

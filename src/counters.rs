@@ -388,7 +388,7 @@ pub(crate) fn lease_overflows() -> u64 {
 ///   so `live_bytes` may be off by the bytes that other threads allocated or
 ///   freed during the reading (it is clamped at zero, never negative).
 /// - `peak_bytes` is the highest value the global reservation reached: the
-///   program's and heapwatch's live bytes plus the credit threads hold (see
+///   program's live bytes plus the credit threads hold (see
 ///   [`Budget`](crate::Budget)). It is never below the true peak and at most
 ///   `threads holding credit × 2 × 64 KiB` above it (128 KiB for a
 ///   single-threaded program).

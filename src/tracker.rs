@@ -507,10 +507,11 @@ impl<A: GlobalAlloc> Tracker<A> {
         let shard = counters::current();
         let old_size = layout.size();
         let growth = new_size.saturating_sub(old_size);
-        if growth > 0 && !budget::admit(shard, growth) {
+        // heapwatch's own blocks are not charged to the budget.
+        let guarded = guard::is_active();
+        if growth > 0 && !guarded && !budget::admit(shard, growth) {
             return std::ptr::null_mut();
         }
-        let guarded = guard::is_active();
         let rec = take_record(ptr);
         let p = {
             let _g = Guard::enter();
@@ -523,7 +524,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             if let Some(rec) = rec {
                 callsites::put_back(ptr as usize, rec);
             }
-            if growth > 0 {
+            if growth > 0 && !guarded {
                 budget::cancel(shard, growth);
             }
             return p;
@@ -534,11 +535,6 @@ impl<A: GlobalAlloc> Tracker<A> {
         if guarded {
             shard.add(&shard.ovh_alloc_bytes, new_size as u64);
             shard.add(&shard.ovh_freed_bytes, old_size as u64);
-            if growth > 0 {
-                budget::overhead_alloc(shard, growth);
-            } else {
-                budget::overhead_free(shard, old_size - new_size);
-            }
             return p;
         }
         shard.add(&shard.reallocs, 1);
@@ -564,14 +560,19 @@ impl<A: GlobalAlloc> Tracker<A> {
         self.ensure_init();
         let shard = counters::current();
         let size = layout.size();
-        if !budget::admit(shard, size) {
-            return std::ptr::null_mut();
-        }
         if guard::is_active() {
+            // heapwatch's own: straight to the inner allocator, counted as
+            // overhead, never charged to the budget nor refused by it.
             // SAFETY: forwarded from this function's own contract.
             let p = unsafe { self.inner_alloc(layout, zeroed) };
-            overhead_alloc(shard, p, size);
+            if !p.is_null() {
+                shard.add(&shard.ovh_allocs, 1);
+                shard.add(&shard.ovh_alloc_bytes, size as u64);
+            }
             return p;
+        }
+        if !budget::admit(shard, size) {
+            return std::ptr::null_mut();
         }
         let p = {
             let _g = Guard::enter();
@@ -634,7 +635,6 @@ fn on_dealloc_slow(ptr: *mut u8, size: usize) {
     if guard::is_active() {
         shard.add(&shard.ovh_frees, 1);
         shard.add(&shard.ovh_freed_bytes, size as u64);
-        budget::overhead_free(shard, size);
     } else {
         shard.add(&shard.frees, 1);
         shard.add(&shard.freed_bytes, size as u64);
@@ -642,14 +642,3 @@ fn on_dealloc_slow(ptr: *mut u8, size: usize) {
     }
 }
 
-/// Counts an allocation made under the reentrancy guard as overhead.
-#[inline(always)]
-fn overhead_alloc(shard: &Shard, p: *mut u8, size: usize) {
-    if p.is_null() {
-        budget::cancel(shard, size);
-    } else {
-        budget::overhead_alloc(shard, size);
-        shard.add(&shard.ovh_allocs, 1);
-        shard.add(&shard.ovh_alloc_bytes, size as u64);
-    }
-}

@@ -357,7 +357,9 @@ impl ServerBuilder {
                 leak_window: self.leak_window,
                 leak_thresholds: self.leak_thresholds,
                 loopback_only: local_addr.ip().is_loopback(),
-                allowed_hosts: self.allowed_hosts,
+                // A copy made under the guard: the server frees it under
+                // the guard too.
+                allowed_hosts: self.allowed_hosts.clone(),
             };
             start(listener, cfg)
         });
