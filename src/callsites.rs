@@ -81,7 +81,11 @@ const UNATTRIBUTED: u32 = u32::MAX;
 #[repr(C)]
 struct Site {
     hash: AtomicU64,
-    len: AtomicUsize,
+    len: AtomicU32,
+    /// 1 once a record with a weight other than exact (a sample taken
+    /// while sampling by bytes) was counted here: its figures are
+    /// estimates from then on, whatever the mode is now.
+    estimated: AtomicU32,
     frames: [AtomicUsize; MAX_FRAMES],
     counters: SiteCounters,
 }
@@ -515,7 +519,8 @@ fn find_or_insert(frames: &[usize], h: u64) -> Option<u32> {
                     for (dst, &src) in slot.frames.iter().zip(frames) {
                         dst.store(src, Relaxed);
                     }
-                    slot.len.store(frames.len(), Relaxed);
+                    // At most MAX_FRAMES.
+                    slot.len.store(frames.len() as u32, Relaxed);
                     slot.hash.store(h, Release);
                     SITES_USED.fetch_add(1, Relaxed);
                     return u32::try_from(idx).ok();
@@ -549,7 +554,7 @@ fn find_or_insert(frames: &[usize], h: u64) -> Option<u32> {
 }
 
 fn same_frames(slot: &Site, frames: &[usize]) -> bool {
-    slot.len.load(Relaxed) == frames.len()
+    slot.len.load(Relaxed) as usize == frames.len()
         && slot
             .frames
             .iter()
@@ -587,6 +592,13 @@ pub(crate) fn record_alloc(shard: &Shard, ptr: usize, size: usize, weight: u64) 
             UNATTRIBUTED
         }
     };
+    if weight != crate::sampling::ONE {
+        if let Some(s) = sites().get(site as usize) {
+            if s.estimated.load(Relaxed) == 0 {
+                s.estimated.store(1, Relaxed);
+            }
+        }
+    }
     count(
         shard,
         site,
@@ -851,20 +863,22 @@ fn remove_at(slots: &[Slot], mut hole: usize, mask: usize) {
 pub(crate) struct RawSite {
     pub(crate) slot: u32,
     pub(crate) figures: SiteFigures,
+    /// Some of the figures come from samples (see `Site::estimated`).
+    pub(crate) estimated: bool,
 }
 
 /// Reads every published callsite, with every thread's pending figures.
 /// Allocates: call outside the hook.
 pub(crate) fn read_sites() -> Vec<RawSite> {
     let (mut raw, pending) = pending::read_with(|| {
-        let mut raw: Vec<(u32, [u64; 4])> = Vec::new();
+        let mut raw: Vec<(u32, [u64; 4], bool)> = Vec::new();
         for (i, s) in sites().iter().enumerate() {
             let h = s.hash.load(Acquire);
             if h == 0 || h & BUSY != 0 {
                 continue;
             }
             if let Ok(slot) = u32::try_from(i) {
-                raw.push((slot, s.counters.load()));
+                raw.push((slot, s.counters.load(), s.estimated.load(Relaxed) != 0));
             }
         }
         raw
@@ -873,7 +887,7 @@ pub(crate) fn read_sites() -> Vec<RawSite> {
         // `raw` is in slot order. A slot with pending figures is published
         // (figures are counted only after `find_or_insert` published it).
         if let Ok(i) = raw.binary_search_by_key(&slot, |r| r.0) {
-            if let Some((_, c)) = raw.get_mut(i) {
+            if let Some((_, c, _)) = raw.get_mut(i) {
                 for (c, f) in c.iter_mut().zip(f) {
                     *c = c.wrapping_add(f);
                 }
@@ -881,9 +895,10 @@ pub(crate) fn read_sites() -> Vec<RawSite> {
         }
     }
     raw.into_iter()
-        .map(|(slot, c)| RawSite {
+        .map(|(slot, c, estimated)| RawSite {
             slot,
             figures: SiteFigures::from_raw(c),
+            estimated,
         })
         .collect()
 }
@@ -891,7 +906,7 @@ pub(crate) fn read_sites() -> Vec<RawSite> {
 /// The raw return addresses of a published callsite slot.
 pub(crate) fn site_frames(slot: u32) -> Vec<usize> {
     sites().get(slot as usize).map_or_else(Vec::new, |s| {
-        let len = s.len.load(Relaxed).min(MAX_FRAMES);
+        let len = (s.len.load(Relaxed) as usize).min(MAX_FRAMES);
         s.frames.iter().take(len).map(|f| f.load(Relaxed)).collect()
     })
 }

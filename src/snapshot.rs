@@ -124,7 +124,11 @@ pub struct Callsite {
     pub live_blocks: u64,
     /// Bytes allocated here and live now.
     pub live_bytes: u64,
-    /// Whether these figures are sampling estimates.
+    /// Whether these figures are sampling estimates: true once any
+    /// allocation here was recorded as a sample while sampling by bytes
+    /// (and from then on, whatever the mode is now), false while every
+    /// allocation here was recorded exactly (`Sampling::All`, or blocks so
+    /// large that sampling takes them all).
     pub estimated: bool,
 }
 
@@ -224,7 +228,6 @@ impl fmt::Display for SortKey {
 /// ```
 pub fn snapshot() -> Snapshot {
     let mode = sampling();
-    let estimated = matches!(mode, Sampling::Bytes(_));
     let totals = stats();
     let raw = callsites::read_sites();
     let mut merged: Vec<Callsite> = Vec::with_capacity(raw.len());
@@ -245,6 +248,7 @@ pub fn snapshot() -> Snapshot {
                     c.freed_bytes += f.freed_bytes;
                     c.live_blocks += f.live_blocks;
                     c.live_bytes += f.live_bytes;
+                    c.estimated |= site.estimated;
                 }
             }
             None => {
@@ -258,7 +262,7 @@ pub fn snapshot() -> Snapshot {
                     freed_bytes: f.freed_bytes,
                     live_blocks: f.live_blocks,
                     live_bytes: f.live_bytes,
-                    estimated,
+                    estimated: site.estimated,
                 });
             }
         }

@@ -641,4 +641,3 @@ fn on_dealloc_slow(ptr: *mut u8, size: usize) {
         budget::release(shard, size);
     }
 }
-

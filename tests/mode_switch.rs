@@ -39,6 +39,14 @@ fn figures(function: &str) -> (u64, u64, u64, u64) {
     common::figures_at(&heapwatch::snapshot(), function)
 }
 
+/// The `estimated` flags of `function`'s callsites now.
+fn estimated(function: &str) -> Vec<bool> {
+    let snap = heapwatch::snapshot();
+    common::callsites_at(&snap, function)
+        .map(|c| c.estimated)
+        .collect()
+}
+
 #[test]
 fn blocks_are_found_after_the_mode_changed() {
     // 64-byte blocks sampled at a 64-byte mean interval: most are sampled,
@@ -58,6 +66,9 @@ fn blocks_are_found_after_the_mode_changed() {
         figures("made_exact"),
         (n as u64, 0, n as u64, 64 * n as u64)
     );
+    // Each callsite says how it was recorded, not what the mode is now.
+    assert_eq!(estimated("made_sampled"), [true]);
+    assert_eq!(estimated("made_exact"), [false]);
 
     // Free the sampled blocks in exact mode, then the exact ones while
     // sampling by bytes.
@@ -67,6 +78,8 @@ fn blocks_are_found_after_the_mode_changed() {
     let (allocs, frees, live, live_bytes) = figures("made_sampled");
     assert_eq!((frees, live, live_bytes), (allocs, 0, 0), "made_sampled");
     assert_eq!(figures("made_exact"), (n as u64, n as u64, 0, 0));
+    assert_eq!(estimated("made_sampled"), [true]);
+    assert_eq!(estimated("made_exact"), [false]);
     let u = heapwatch::snapshot().unattributed;
     assert_eq!(u.dropped_live_table_full, 0, "{u:?}");
     assert_eq!(u.untracked_allocations, 0, "{u:?}");
