@@ -92,6 +92,17 @@ pub fn scope<R>(f: impl FnOnce() -> R) -> (R, ScopeStats) {
 /// grew most (from snapshots before and after; use
 /// [`Sampling::All`](crate::Sampling::All) for exact names of small leaks).
 ///
+/// The verdict is this thread's alone, but callsite figures are
+/// process-wide, so the report sorts the growing callsites in two lists:
+/// [`top_growing`](GrowthReport::top_growing), those with the closure
+/// itself among their frames, and
+/// [`elsewhere_growing`](GrowthReport::elsewhere_growing), the rest (other
+/// threads, such as tests running in parallel). A closure is known by its
+/// type's name, which is the function it is written in plus `{{closure}}`:
+/// another closure of that same function, running on another thread at the
+/// same time, lands in the first list too. A callsite whose captured stack
+/// stops short of the closure lands in the second.
+///
 /// # Example
 ///
 /// ```
@@ -135,8 +146,15 @@ pub struct GrowthReport {
     pub total_growth_bytes: i64,
     /// Net live bytes per measured iteration.
     pub per_iteration_bytes: Vec<i64>,
-    /// Callsites whose live bytes grew most over the measured iterations.
+    /// Callsites reached from the checked closure (a frame of their stack
+    /// is the closure's) whose live bytes grew most over the measured
+    /// iterations.
     pub top_growing: Vec<CallsiteDelta>,
+    /// Callsites that grew most elsewhere in the process meanwhile: on
+    /// other threads (a test running in parallel), or under the closure
+    /// but deeper than the captured stack reaches. Callsite figures are
+    /// process-wide; only the verdict is this thread's.
+    pub elsewhere_growing: Vec<CallsiteDelta>,
 }
 
 /// A closure whose live memory keeps growing, from [`GrowthCheck::run`].
@@ -150,23 +168,53 @@ impl GrowthReport {
             "live memory kept growing: +{} bytes over {} iterations ({} of them grew)",
             self.total_growth_bytes, self.iterations, self.growing_iterations
         );
-        if self.top_growing.is_empty() {
+        if self.top_growing.is_empty() && self.elsewhere_growing.is_empty() {
             s.push_str("; no callsite was sampled (try Sampling::All)");
         }
-        for c in &self.top_growing {
-            let at = c
-                .frames
-                .first()
-                .map_or("<unknown>", |f| f.function.as_str());
-            s.push_str(&format!("\n  +{} bytes at {at}", c.live_bytes_delta));
-            if let Some(f) = c.frames.first() {
-                if let (Some(file), Some(line)) = (&f.file, f.line) {
-                    s.push_str(&format!(" ({file}:{line})"));
+        let list = |s: &mut String, sites: &[CallsiteDelta]| {
+            for c in sites {
+                let at = c
+                    .frames
+                    .first()
+                    .map_or("<unknown>", |f| f.function.as_str());
+                s.push_str(&format!("\n  +{} bytes at {at}", c.live_bytes_delta));
+                if let Some(f) = c.frames.first() {
+                    if let (Some(file), Some(line)) = (&f.file, f.line) {
+                        s.push_str(&format!(" ({file}:{line})"));
+                    }
                 }
             }
+        };
+        list(&mut s, &self.top_growing);
+        if !self.elsewhere_growing.is_empty() {
+            s.push_str(
+                "\ngrown elsewhere in the process meanwhile (other threads, or \
+                 stacks deeper than the capture):",
+            );
+            list(&mut s, &self.elsewhere_growing);
         }
         s
     }
+}
+
+/// Whether a symbolized frame's function is `closure`, a type name from
+/// `std::any::type_name` (generic arguments aside, which symbol names may
+/// leave out).
+fn is_function(frame_function: &str, closure: &str) -> bool {
+    fn without_generics(s: &str) -> String {
+        let mut depth = 0usize;
+        s.chars()
+            .filter(|&c| {
+                match c {
+                    '<' => depth += 1,
+                    '>' => depth = depth.saturating_sub(1),
+                    _ => return depth == 0,
+                }
+                false
+            })
+            .collect()
+    }
+    frame_function == closure || without_generics(frame_function) == without_generics(closure)
 }
 
 impl GrowthCheck {
@@ -210,7 +258,7 @@ impl GrowthCheck {
     ///
     /// [`Leak`] with the report when live memory keeps growing. A panic in
     /// `f` propagates (heapwatch stays usable).
-    pub fn run(&self, mut f: impl FnMut()) -> Result<GrowthReport, Leak> {
+    pub fn run<F: FnMut()>(&self, mut f: F) -> Result<GrowthReport, Leak> {
         for _ in 0..self.warmup {
             f();
         }
@@ -227,19 +275,24 @@ impl GrowthCheck {
         let now = crate::snapshot::snapshot();
         let total: i64 = per.iter().sum();
         let growing = per.iter().filter(|&&b| b > 0).count();
-        let top_growing = now
+        // The diff is process-wide: tell the callsites under `f` (one of
+        // their frames is `f` itself) from those of other threads.
+        let closure = std::any::type_name::<F>();
+        let (mut top_growing, mut elsewhere_growing): (Vec<_>, Vec<_>) = now
             .diff(&base)
             .callsites
             .into_iter()
             .filter(|c| c.live_bytes_delta > 0)
-            .take(self.top)
-            .collect();
+            .partition(|c| c.frames.iter().any(|fr| is_function(&fr.function, closure)));
+        top_growing.truncate(self.top);
+        elsewhere_growing.truncate(self.top);
         let report = GrowthReport {
             iterations: self.iterations,
             growing_iterations: growing,
             total_growth_bytes: total,
             per_iteration_bytes: per,
             top_growing,
+            elsewhere_growing,
         };
         let leaking =
             total > 0 && total as u64 > self.tolerance_bytes && growing * 2 >= self.iterations;

@@ -3,7 +3,7 @@
 //! names the leaking callsite; panics leave heapwatch usable.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use heapwatch::{GrowthCheck, Sampling, Tracker};
@@ -17,24 +17,52 @@ fn leaky_function(store: &mut Vec<Vec<u8>>) {
     store.push(black_box(vec![0u8; 3000]));
 }
 
+#[inline(never)]
+fn neighbours_leak(store: &mut Vec<Vec<u8>>) {
+    store.push(black_box(vec![0u8; 20_000]));
+}
+
+/// A thread that allocates and frees until `stop`.
+fn spawn_noise(stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let stop = Arc::clone(stop);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            held.push(black_box(vec![1u8; 512]));
+            if held.len() > 100 {
+                held.clear();
+            }
+        }
+    })
+}
+
+/// Another test's thread, as `cargo test` runs them in parallel: it leaks
+/// 20,000 bytes each time it is asked.
+fn spawn_neighbour(
+    stop: &Arc<AtomicBool>,
+    asked: &Arc<AtomicBool>,
+    done: &Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let (stop, asked, done) = (Arc::clone(stop), Arc::clone(asked), Arc::clone(done));
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if asked.swap(false, Ordering::Acquire) {
+                neighbours_leak(&mut kept);
+                done.fetch_add(1, Ordering::Release);
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        kept
+    })
+}
+
 #[test]
 fn scope_is_per_thread_and_growth_check_finds_leaks() {
     // Noise: other threads allocate and free the whole time.
     let stop = Arc::new(AtomicBool::new(false));
-    let noise: Vec<_> = (0..3)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut held = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    held.push(black_box(vec![1u8; 512]));
-                    if held.len() > 100 {
-                        held.clear();
-                    }
-                }
-            })
-        })
-        .collect();
+    let noise: Vec<_> = (0..3).map(|_| spawn_noise(&stop)).collect();
 
     for _ in 0..50 {
         let (v, s) = heapwatch::scope(|| black_box(vec![0u64; 100]));
@@ -62,6 +90,55 @@ fn scope_is_per_thread_and_growth_check_finds_leaks() {
         "the report names the callsite: {message}"
     );
 
+    // The same leak while another thread leaks more, at another callsite,
+    // during every iteration: the report puts the closure's callsite
+    // first and the neighbour's apart.
+    let asked = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let neighbour = spawn_neighbour(&stop, &asked, &done);
+    let err = GrowthCheck::new()
+        .run(|| {
+            leaky_function(&mut store);
+            let before = done.load(Ordering::Acquire);
+            asked.store(true, Ordering::Release);
+            while done.load(Ordering::Acquire) == before {
+                std::thread::yield_now();
+            }
+        })
+        .expect_err("a leak of 3000 bytes an iteration");
+    let names = |sites: &[heapwatch::CallsiteDelta]| -> Vec<String> {
+        sites
+            .iter()
+            .map(|c| {
+                c.frames
+                    .first()
+                    .map_or(String::new(), |f| f.function.clone())
+            })
+            .collect()
+    };
+    let mine = names(&err.0.top_growing);
+    let elsewhere = names(&err.0.elsewhere_growing);
+    assert!(
+        mine.first().is_some_and(|f| f.ends_with("leaky_function")),
+        "{mine:?} / {elsewhere:?}"
+    );
+    assert!(
+        !mine.iter().any(|f| f.ends_with("neighbours_leak")),
+        "{mine:?}"
+    );
+    assert!(
+        elsewhere.iter().any(|f| f.ends_with("neighbours_leak")),
+        "{elsewhere:?}"
+    );
+    let message = err.to_string();
+    let (head, tail) = message
+        .split_once("grown elsewhere")
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!(
+        head.contains("leaky_function") && tail.contains("neighbours_leak"),
+        "{message}"
+    );
+
     // A cache that fills once during warm-up is not a leak.
     let mut cache: Option<Vec<u8>> = None;
     let report = GrowthCheck::new()
@@ -86,4 +163,5 @@ fn scope_is_per_thread_and_growth_check_finds_leaks() {
     for t in noise {
         t.join().unwrap();
     }
+    drop(neighbour.join().unwrap());
 }
