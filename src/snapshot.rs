@@ -267,6 +267,7 @@ pub fn snapshot() -> Snapshot {
             }
         }
     }
+    crate::symbolize::release_debug_info();
     let mut snap = Snapshot {
         version: SNAPSHOT_VERSION,
         id: NEXT_ID.fetch_add(1, Relaxed),

@@ -95,6 +95,20 @@ pub(crate) fn site_symbols(slot: u32, id_of: impl Fn(&[Frame]) -> String) -> Sit
     })
 }
 
+/// Whether `backtrace` parsed debug information since
+/// [`release_debug_info`] last ran.
+static PARSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Frees the debug information `backtrace` parsed to symbolize new
+/// addresses (tens of MiB for a binary with full debug information). The
+/// frames are kept in heapwatch's own caches, so only addresses never seen
+/// before make `backtrace` parse again.
+pub(crate) fn release_debug_info() {
+    if PARSED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        untracked(backtrace::clear_symbol_cache);
+    }
+}
+
 /// The symbol cache's size now (addresses).
 pub(crate) fn cache_len() -> usize {
     cache().lock().map_or(0, |c| c.len())
@@ -104,6 +118,7 @@ fn resolve_cached(ip: usize) -> Arc<[Frame]> {
     if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&ip).cloned()) {
         return hit;
     }
+    PARSED.store(true, std::sync::atomic::Ordering::Relaxed);
     untracked(|| {
         let frames: Arc<[Frame]> = resolve(ip).into();
         if let Ok(mut c) = cache().lock() {
