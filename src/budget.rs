@@ -195,7 +195,10 @@ impl<'de> Deserialize<'de> for Budget {
 pub enum Policy {
     /// Return null: `Vec::try_reserve` gets `Err` and the program carries on;
     /// an infallible allocation reaches `handle_alloc_error`, as for any
-    /// out-of-memory.
+    /// out-of-memory. A thread that is panicking is the exception: its
+    /// allocations (the panic's message, its backtrace) go through and are
+    /// counted as overages, so that a panic with the budget spent unwinds
+    /// instead of aborting the process.
     #[default]
     Refuse,
     /// Let the allocation through and count it in `budget_overages`.
@@ -714,7 +717,12 @@ fn admit_slow(shard: &Shard, size: u64, credit: i64) -> bool {
             };
             (g, prev + g)
         }
-        Err(_) if REFUSE.load(Relaxed) => {
+        // A panicking thread's allocations (its message, its backtrace)
+        // are let through as overages: refused, they would abort the
+        // process, or deadlock std's out-of-memory hook on the backtrace
+        // lock the panic holds. `panicking` reads a global atomic, and a
+        // `const` thread-local only while some thread panics.
+        Err(_) if REFUSE.load(Relaxed) && !std::thread::panicking() => {
             DENIALS.fetch_add(1, Relaxed);
             return false;
         }
