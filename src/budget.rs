@@ -130,7 +130,10 @@ impl FromStr for Budget {
     /// Parses `"unlimited"` (or `"none"`, `"off"`), or a number with an
     /// optional unit: `B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`, `G`/`GB`/`GiB`,
     /// `T`/`TB`/`TiB` (all binary, case-insensitive). A number without a
-    /// unit is bytes. Fractions are allowed (`"1.5GiB"`).
+    /// unit is bytes. Fractions are allowed (`"1.5GiB"`). `"0"` is a budget
+    /// of zero bytes, which refuses every allocation (unlike
+    /// `HEAPWATCH_MAX_MEMORY_MB=0`, which means unlimited, as `maxMemoryMB`
+    /// settings usually do).
     fn from_str(s: &str) -> Result<Budget, Error> {
         let err = |why: &str| Error::InvalidBudget {
             input: s.to_string(),
@@ -144,6 +147,9 @@ impl FromStr for Budget {
         if matches!(lower.as_str(), "unlimited" | "none" | "off") {
             return Ok(Budget::UNLIMITED);
         }
+        if lower.starts_with('-') {
+            return Err(err("a budget cannot be negative"));
+        }
         let split = lower
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(lower.len());
@@ -154,7 +160,12 @@ impl FromStr for Budget {
             "m" | "mb" | "mib" => 20,
             "g" | "gb" | "gib" => 30,
             "t" | "tb" | "tib" => 40,
-            _ => return Err(err("unknown unit (use B, KiB, MiB, GiB or TiB)")),
+            other => {
+                return Err(err(&format!(
+                    "unknown unit {other:?} (use B, KiB, MiB, GiB or TiB after a plain \
+                     number such as 512 or 1.5)"
+                )))
+            }
         };
         if num.is_empty() {
             return Err(err("no number"));
@@ -985,6 +996,16 @@ mod tests {
         for bad in ["", "MB", "12 parsecs", "-5MB", "1e999GB", "1.2.3MB"] {
             let e = bad.parse::<Budget>().unwrap_err();
             assert!(e.to_string().contains("budget"), "{bad:?}: {e}");
+        }
+        // Each says what is wrong with it.
+        for (bad, why) in [
+            ("-5MB", "negative"),
+            ("1e3", "unknown unit \"e3\""),
+            ("1,000", "unknown unit \",000\""),
+            ("12 parsecs", "unknown unit \"parsecs\""),
+        ] {
+            let e = bad.parse::<Budget>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
         }
     }
 

@@ -339,6 +339,13 @@ impl Snapshot {
     /// [`Error::InvalidSnapshot`] (with serde's line, column and reason) for
     /// anything that is not a snapshot.
     pub fn from_json(json: &str) -> Result<Snapshot, Error> {
+        // serde's derive also reads a struct from an array (`[1, 2]`), and
+        // then reports trailing characters: say what is wrong instead.
+        if !json.trim_start().starts_with('{') {
+            return Err(Error::InvalidSnapshot(serde::de::Error::custom(
+                "expected a JSON object with a \"version\" field",
+            )));
+        }
         #[derive(Deserialize)]
         struct Version {
             version: u32,

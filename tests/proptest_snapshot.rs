@@ -103,6 +103,23 @@ fn the_valid_snapshot_loads_and_every_truncation_is_an_error() {
 }
 
 #[test]
+fn foreign_json_says_what_is_wrong() {
+    for (text, says) in [
+        ("[1,2,3]", "expected a JSON object with a \"version\" field"),
+        ("  \"heap\"", "expected a JSON object"),
+        ("{}", "missing field `version`"),
+        ("{\"version\": 99}", "unsupported snapshot version 99"),
+        (
+            "{\"dhatFileVersion\": 2, \"pps\": []}",
+            "missing field `version`",
+        ),
+    ] {
+        let e = load(text).unwrap_err();
+        assert!(e.contains(says), "{text:?}: {e}");
+    }
+}
+
+#[test]
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
     // serde_json's recursion limit (128) stops a deep document at once.
     let deep = "[".repeat(10_000);
