@@ -467,3 +467,50 @@ fn refused_connections_still_read_their_503() {
     assert!(recovered, "the slots did not come back");
     server.shutdown();
 }
+
+#[test]
+fn a_client_that_stops_reading_loses_its_slot() {
+    let server = ServerBuilder::new()
+        .addr("127.0.0.1:0")
+        .token(None)
+        .max_connections(1)
+        .write_timeout(Duration::from_millis(300))
+        .serve()
+        .expect("serve");
+    let addr = server.local_addr();
+
+    // 2,000 pipelined requests for the dashboard page (tens of KiB each),
+    // and never a read: the answers fill the socket buffers and the
+    // server's writes wait.
+    let mut stalled = TcpStream::connect(addr).expect("connect");
+    let request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut pipelined = Vec::with_capacity(request.len() * 2000);
+    for _ in 0..2000 {
+        pipelined.extend_from_slice(request);
+    }
+    stalled
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stalled.write_all(&pipelined);
+
+    // While it holds the only slot, others are refused; once its writes
+    // have waited 300 ms, the server drops it and answers again (before
+    // the write timeout, only the 2-minute age limit freed the slot).
+    let mut refused = false;
+    let mut served = false;
+    for _ in 0..500 {
+        match status(&get(addr, "/heap/history", "")) {
+            Some(503) => refused = true,
+            Some(200) if refused => {
+                served = true;
+                break;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(refused, "the stalled client never held the slot");
+    assert!(served, "the stalled client kept the slot");
+    drop(stalled);
+    server.shutdown();
+}

@@ -26,8 +26,10 @@
 //!   (at least 64), the `503` is sent and the connection closed at once;
 //! - request line and headers at most 16 KiB (hyper answers `431`);
 //! - headers must arrive within [`ServerBuilder::header_timeout`] (5 s),
-//!   which also closes keep-alive connections idle that long; a connection
-//!   lives at most 2 minutes;
+//!   which also closes keep-alive connections idle that long; a write that
+//!   makes no progress for [`ServerBuilder::write_timeout`] (10 s: the
+//!   client stopped reading) closes the connection; a connection lives at
+//!   most 2 minutes;
 //! - request bodies are refused (`413`);
 //! - history: [`ServerBuilder::history_len`] snapshots (360), each keeping
 //!   its [`ServerBuilder::history_callsites`] largest callsites by live bytes
@@ -35,6 +37,7 @@
 //!   most about 12 MB at the defaults.
 
 mod routes;
+mod stall;
 mod state;
 
 use std::convert::Infallible;
@@ -148,6 +151,7 @@ pub struct ServerBuilder {
     history_callsites: usize,
     max_connections: usize,
     header_timeout: Duration,
+    write_timeout: Duration,
     leak_window: Duration,
     leak_thresholds: LeakThresholds,
     allow_non_loopback: bool,
@@ -170,6 +174,7 @@ impl fmt::Debug for ServerBuilder {
             .field("history_callsites", &self.history_callsites)
             .field("max_connections", &self.max_connections)
             .field("header_timeout", &self.header_timeout)
+            .field("write_timeout", &self.write_timeout)
             .field("leak_window", &self.leak_window)
             .field("leak_thresholds", &self.leak_thresholds)
             .field("allow_non_loopback", &self.allow_non_loopback)
@@ -200,6 +205,7 @@ impl ServerBuilder {
             history_callsites: 256,
             max_connections: 64,
             header_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
             leak_window: Duration::from_secs(300),
             leak_thresholds: LeakThresholds::DEFAULT,
             allow_non_loopback: false,
@@ -260,6 +266,14 @@ impl ServerBuilder {
     /// keep-alive connection may sit idle (default 5 s).
     pub fn header_timeout(mut self, timeout: Duration) -> ServerBuilder {
         self.header_timeout = timeout;
+        self
+    }
+
+    /// How long a write to a client may make no progress before the
+    /// connection is closed (default 10 s): a client that sends requests
+    /// and stops reading the answers then frees its connection slot.
+    pub fn write_timeout(mut self, timeout: Duration) -> ServerBuilder {
+        self.write_timeout = timeout;
         self
     }
 
@@ -354,6 +368,7 @@ impl ServerBuilder {
                 history_callsites: self.history_callsites.max(1),
                 max_connections: self.max_connections.max(1),
                 header_timeout: self.header_timeout,
+                write_timeout: self.write_timeout,
                 leak_window: self.leak_window,
                 leak_thresholds: self.leak_thresholds,
                 loopback_only: local_addr.ip().is_loopback(),
@@ -543,6 +558,7 @@ async fn serve_connection(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let write_timeout = state.cfg.write_timeout;
     let service = service_fn(move |req| {
         let state = Arc::clone(&state);
         async move {
@@ -558,6 +574,7 @@ async fn serve_connection(
             Ok::<_, Infallible>(response)
         }
     });
+    let stream = stall::WriteStall::new(stream, write_timeout);
     let conn = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let age = tokio::time::sleep(MAX_CONNECTION_AGE);

@@ -18,6 +18,7 @@ pub(crate) struct Config {
     pub(crate) history_callsites: usize,
     pub(crate) max_connections: usize,
     pub(crate) header_timeout: Duration,
+    pub(crate) write_timeout: Duration,
     pub(crate) leak_window: Duration,
     pub(crate) leak_thresholds: LeakThresholds,
     /// Bound to loopback: answer only requests to loopback names.
