@@ -69,6 +69,18 @@ fn assert_error(r: &str, code: u16, mentions: &[&str]) {
     }
 }
 
+/// Asks `GET /heap/history` every 10 ms, for at most 5 s, until it is
+/// answered with `code`: whether it was.
+fn until_status(addr: SocketAddr, code: u16) -> bool {
+    for _ in 0..500 {
+        if status(&get(addr, "/heap/history", "")) == Some(code) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 fn server() -> ServerHandle {
     ServerBuilder::new()
         .addr("127.0.0.1:0")
@@ -325,16 +337,8 @@ fn connection_limit_holds_and_recovers() {
     drop(last);
     drop(idle);
     // Slots come back as the server sees the closes: poll, bounded.
-    let mut recovered = false;
-    for _ in 0..500 {
-        if status(&get(addr, "/heap/history", "")) == Some(200) {
-            recovered = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
     assert!(
-        recovered,
+        until_status(addr, 200),
         "the server did not recover after the idle clients left"
     );
     // The application was never stalled by the flood.
@@ -420,15 +424,10 @@ fn refused_connections_still_read_their_503() {
     // Two idle connections take both slots (the server answers the third
     // only once it has taken them: wait for a 503).
     let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    let mut ready = false;
-    for _ in 0..500 {
-        if status(&get(addr, "/heap/history", "")) == Some(503) {
-            ready = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(ready, "the two idle connections never filled the slots");
+    assert!(
+        until_status(addr, 503),
+        "the two idle connections never filled the slots"
+    );
 
     // Clients over the limit that send their request at once and read the
     // answer a little later (as a busy client does): each must read the
@@ -456,15 +455,7 @@ fn refused_connections_still_read_their_503() {
         assert_error(&answer, 503, &["connections"]);
     }
     drop(held);
-    let mut recovered = false;
-    for _ in 0..500 {
-        if status(&get(addr, "/heap/history", "")) == Some(200) {
-            recovered = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(recovered, "the slots did not come back");
+    assert!(until_status(addr, 200), "the slots did not come back");
     server.shutdown();
 }
 
@@ -496,21 +487,11 @@ fn a_client_that_stops_reading_loses_its_slot() {
     // While it holds the only slot, others are refused; once its writes
     // have waited 300 ms, the server drops it and answers again (before
     // the write timeout, only the 2-minute age limit freed the slot).
-    let mut refused = false;
-    let mut served = false;
-    for _ in 0..500 {
-        match status(&get(addr, "/heap/history", "")) {
-            Some(503) => refused = true,
-            Some(200) if refused => {
-                served = true;
-                break;
-            }
-            _ => {}
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(refused, "the stalled client never held the slot");
-    assert!(served, "the stalled client kept the slot");
+    assert!(
+        until_status(addr, 503),
+        "the stalled client never held the slot"
+    );
+    assert!(until_status(addr, 200), "the stalled client kept the slot");
     drop(stalled);
     server.shutdown();
 }
