@@ -154,6 +154,7 @@ pub struct GrowthReport {
     /// other threads (a test running in parallel), or under the closure
     /// but deeper than the captured stack reaches. Callsite figures are
     /// process-wide; only the verdict is this thread's.
+    #[serde(default)]
     pub elsewhere_growing: Vec<CallsiteDelta>,
 }
 
