@@ -176,6 +176,9 @@ fn check_structure(p: &pb::Profile) {
 
     let mut fn_keys = HashSet::new();
     for f in &p.function {
+        // go tool pprof takes a name equal to its system name for a
+        // demangled C++ name and cuts out everything between < and >.
+        assert_ne!(f.system_name, f.name, "{}", s(p, f.name));
         assert!(
             fn_keys.insert((f.name, f.filename)),
             "function {} listed twice",

@@ -247,7 +247,11 @@ impl Builder {
         self.functions.push(proto::Function {
             id,
             name,
-            system_name: name,
+            // Empty: heapwatch keeps demangled names only. A system name
+            // equal to the name makes `go tool pprof` take the name for a
+            // demangled C++ one and cut out everything between `<` and `>`
+            // (`<Box<F> as FnOnce<()>>::call_once` becomes `::call_once`).
+            system_name: 0,
             filename,
             start_line: 0,
         });
