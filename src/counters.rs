@@ -249,9 +249,9 @@ fn lease_slow() -> &'static Shard {
             .compare_exchange(false, true, Acquire, Relaxed)
             .is_ok()
         {
-            // A new owner decides its first sample afresh (the previous
-            // owner's countdown may be from another sampling mode).
-            shard.countdown.store(0, Relaxed);
+            // A new owner draws its own countdown (the previous owner's
+            // may be from another sampling mode).
+            crate::sampling::start_lease(shard);
             crate::budget::start_lease(shard);
             // Publish the shard before registering the lease: if registering
             // the destructor allocates, that nested allocation finds the

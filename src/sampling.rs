@@ -213,6 +213,31 @@ pub(crate) fn countdown_left(shard: &Shard, size: usize) -> bool {
 /// overwrite the reset).
 const OFF_RECHECK: i64 = 64 * 1024;
 
+/// Starts the sampler of a shard a thread has just leased: a countdown
+/// drawn afresh from the shard's random stream. A countdown left at 0
+/// would sample the new owner's first allocation for certain and still
+/// weight it as a draw: about one interval of phantom bytes for every
+/// thread that takes over a shard another thread used (thread pools that
+/// replace their threads). Allocation-free.
+pub(crate) fn start_lease(shard: &Shard) {
+    if MODE.load(Relaxed) != MODE_BYTES {
+        // `sample_slow` sets what `Off` and `All` need.
+        shard.countdown.store(0, Relaxed);
+        return;
+    }
+    let generation = GENERATION.load(Relaxed);
+    let mut rng = shard.rng.load(Relaxed);
+    if rng == 0 || shard.rng_generation.load(Relaxed) != generation {
+        rng = seed_for(shard);
+        shard.rng_generation.store(generation, Relaxed);
+    }
+    let (next, u) = next_uniform(rng);
+    shard.rng.store(next, Relaxed);
+    shard
+        .countdown
+        .store(exp_draw(u, INTERVAL.load(Relaxed).max(1)), Relaxed);
+}
+
 /// The decision [`should_sample`] makes once the countdown has run out.
 #[cold]
 #[inline(never)]
