@@ -206,10 +206,11 @@ impl<'de> Deserialize<'de> for Budget {
 pub enum Policy {
     /// Return null: `Vec::try_reserve` gets `Err` and the program carries on;
     /// an infallible allocation reaches `handle_alloc_error`, as for any
-    /// out-of-memory. A thread that is panicking is the exception: its
-    /// allocations (the panic's message, its backtrace) go through and are
-    /// counted as overages, so that a panic with the budget spent unwinds
-    /// instead of aborting the process.
+    /// out-of-memory. Two exceptions go through and are counted as
+    /// overages, so that they cannot abort the process: the allocations of
+    /// a thread that is panicking (the panic's message, its backtrace), and
+    /// the [`Snapshot`](crate::Snapshot) that [`snapshot`](crate::snapshot)
+    /// hands the program.
     #[default]
     Refuse,
     /// Let the allocation through and count it in `budget_overages`.
@@ -733,7 +734,7 @@ fn admit_slow(shard: &Shard, size: u64, credit: i64) -> bool {
         // process, or deadlock std's out-of-memory hook on the backtrace
         // lock the panic holds. `panicking` reads a global atomic, and a
         // `const` thread-local only while some thread panics.
-        Err(_) if REFUSE.load(Relaxed) && !std::thread::panicking() => {
+        Err(_) if REFUSE.load(Relaxed) && !std::thread::panicking() && !exempt() => {
             DENIALS.fetch_add(1, Relaxed);
             return false;
         }
@@ -824,6 +825,32 @@ fn settle(shard: &Shard, credit: i64) {
 /// level.
 fn give_back(bytes: u64) {
     update_level(unreserve(bytes));
+}
+
+std::thread_local! {
+    /// Set by [`never_refused`] on its thread.
+    static EXEMPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is inside [`never_refused`]. Allocation-free
+/// and panic-free (a `const` thread-local without a destructor).
+fn exempt() -> bool {
+    EXEMPT.try_with(std::cell::Cell::get).unwrap_or(false)
+}
+
+/// Runs `f` with the calling thread's allocations let through, as
+/// overages, where the budget would refuse them: for what heapwatch's API
+/// hands the program (a snapshot), which an infallible allocation would
+/// otherwise turn into an abort under a spent budget.
+pub(crate) fn never_refused<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let _ = EXEMPT.try_with(|e| e.set(self.0));
+        }
+    }
+    let _reset = Reset(EXEMPT.try_with(|e| e.replace(true)).unwrap_or(false));
+    f()
 }
 
 /// Takes `bytes` out of the reservation, never below zero, and returns

@@ -164,6 +164,19 @@ pub(crate) struct SiteFigures {
     pub(crate) live_bytes: u64,
 }
 
+impl SiteFigures {
+    /// Adds another slot's figures (two slots whose stacks symbolize the
+    /// same).
+    pub(crate) fn add(&mut self, o: &SiteFigures) {
+        self.allocations += o.allocations;
+        self.allocated_bytes += o.allocated_bytes;
+        self.frees += o.frees;
+        self.freed_bytes += o.freed_bytes;
+        self.live_blocks += o.live_blocks;
+        self.live_bytes += o.live_bytes;
+    }
+}
+
 /// One live sampled block.
 #[repr(C)]
 struct Slot {

@@ -229,8 +229,74 @@ impl fmt::Display for SortKey {
 pub fn snapshot() -> Snapshot {
     let mode = sampling();
     let totals = stats();
+    // The working state (every slot's figures, the merge by id, reading
+    // /proc) is heapwatch's own: built and freed under the guard, so it is
+    // overhead, not the program's, and the budget never refuses it.
+    let (rows, rss) = crate::guard::untracked(|| (merged_sites(), rss_bytes()));
+    // The snapshot itself is the program's, as anything it owns. Refused
+    // with the budget spent, it would abort the process: it is let
+    // through, as an overage.
+    let snap = crate::budget::never_refused(|| {
+        let mut snap = Snapshot {
+            version: SNAPSHOT_VERSION,
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            run_id: run_id().to_string(),
+            taken_at_ms: crate::clock::now_ms(),
+            uptime_ms: crate::clock::uptime_ms(),
+            mode: mode.name().to_string(),
+            sample_interval_bytes: match mode {
+                Sampling::Bytes(n) => Some(n),
+                _ => None,
+            },
+            unwinder: crate::capture::active_unwinder().to_string(),
+            unwinder_fallbacks: crate::capture::cfi_fallbacks() as u64,
+            totals,
+            callsites: rows.iter().map(Row::to_callsite).collect(),
+            unattributed: callsites::unattributed(),
+            tables: callsites::usage(),
+            allocator: allocator_stats(),
+            process: ProcessStats {
+                pid: std::process::id(),
+                rss_bytes: rss,
+            },
+        };
+        snap.sort_callsites(SortKey::LiveBytes);
+        snap
+    });
+    crate::guard::untracked(|| drop(rows));
+    snap
+}
+
+/// One callsite of a snapshot being built, in heapwatch's own memory.
+struct Row {
+    id: Arc<str>,
+    frames: Arc<[Frame]>,
+    figures: callsites::SiteFigures,
+    estimated: bool,
+}
+
+impl Row {
+    fn to_callsite(&self) -> Callsite {
+        let f = &self.figures;
+        Callsite {
+            id: self.id.to_string(),
+            frames: Arc::clone(&self.frames),
+            allocations: f.allocations,
+            allocated_bytes: f.allocated_bytes,
+            frees: f.frees,
+            freed_bytes: f.freed_bytes,
+            live_blocks: f.live_blocks,
+            live_bytes: f.live_bytes,
+            estimated: self.estimated,
+        }
+    }
+}
+
+/// Every callsite slot with figures, symbolized, slots with the same
+/// frames (the same id) merged. Call under the guard.
+fn merged_sites() -> Vec<Row> {
     let raw = callsites::read_sites();
-    let mut merged: Vec<Callsite> = Vec::with_capacity(raw.len());
+    let mut rows: Vec<Row> = Vec::with_capacity(raw.len());
     let mut index: std::collections::HashMap<Arc<str>, usize> =
         std::collections::HashMap::with_capacity(raw.len());
     for site in raw {
@@ -238,61 +304,26 @@ pub fn snapshot() -> Snapshot {
             continue;
         }
         let sym = crate::symbolize::site_symbols(site.slot, frames_id);
-        let f = site.figures;
         match index.get(&*sym.id) {
             Some(&i) => {
-                if let Some(c) = merged.get_mut(i) {
-                    c.allocations += f.allocations;
-                    c.allocated_bytes += f.allocated_bytes;
-                    c.frees += f.frees;
-                    c.freed_bytes += f.freed_bytes;
-                    c.live_blocks += f.live_blocks;
-                    c.live_bytes += f.live_bytes;
-                    c.estimated |= site.estimated;
+                if let Some(r) = rows.get_mut(i) {
+                    r.figures.add(&site.figures);
+                    r.estimated |= site.estimated;
                 }
             }
             None => {
-                index.insert(Arc::clone(&sym.id), merged.len());
-                merged.push(Callsite {
-                    id: sym.id.to_string(),
+                index.insert(Arc::clone(&sym.id), rows.len());
+                rows.push(Row {
+                    id: sym.id,
                     frames: sym.frames,
-                    allocations: f.allocations,
-                    allocated_bytes: f.allocated_bytes,
-                    frees: f.frees,
-                    freed_bytes: f.freed_bytes,
-                    live_blocks: f.live_blocks,
-                    live_bytes: f.live_bytes,
+                    figures: site.figures,
                     estimated: site.estimated,
                 });
             }
         }
     }
     crate::symbolize::release_debug_info();
-    let mut snap = Snapshot {
-        version: SNAPSHOT_VERSION,
-        id: NEXT_ID.fetch_add(1, Relaxed),
-        run_id: run_id().to_string(),
-        taken_at_ms: crate::clock::now_ms(),
-        uptime_ms: crate::clock::uptime_ms(),
-        mode: mode.name().to_string(),
-        sample_interval_bytes: match mode {
-            Sampling::Bytes(n) => Some(n),
-            _ => None,
-        },
-        unwinder: crate::capture::active_unwinder().to_string(),
-        unwinder_fallbacks: crate::capture::cfi_fallbacks() as u64,
-        totals,
-        callsites: merged,
-        unattributed: callsites::unattributed(),
-        tables: callsites::usage(),
-        allocator: allocator_stats(),
-        process: ProcessStats {
-            pid: std::process::id(),
-            rss_bytes: rss_bytes(),
-        },
-    };
-    snap.sort_callsites(SortKey::LiveBytes);
-    snap
+    rows
 }
 
 impl Snapshot {
