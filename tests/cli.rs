@@ -320,3 +320,27 @@ fn help_exits_0_and_documents_exit_codes() {
     assert_eq!(code(&out), 0);
     assert!(stdout(&out).starts_with("heapwatch "));
 }
+
+#[test]
+fn diff_names_how_each_side_was_sampled() {
+    // Two snapshots sampled by bytes at different intervals.
+    let mut v = serde_json::to_value(heapwatch::snapshot()).unwrap();
+    v["mode"] = "bytes".into();
+    v["sample_interval_bytes"] = (64u64 << 10).into();
+    let base = temp_file("base-64k.json");
+    std::fs::write(&base, v.to_string()).unwrap();
+    v["sample_interval_bytes"] = (512u64 << 10).into();
+    let new = temp_file("new-512k.json");
+    std::fs::write(&new, v.to_string()).unwrap();
+
+    let out = cli(&["diff", base.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "estimates, sampled every 512.0 KiB; BASE was sampled differently \
+             (estimates, sampled every 64.0 KiB)"
+        ),
+        "{text}"
+    );
+}

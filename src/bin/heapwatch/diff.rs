@@ -173,13 +173,21 @@ fn render(
 
 /// `; estimates, sampled every 64.0 KiB` and the like.
 fn sampling_note(base: &Snapshot, new: &Snapshot) -> String {
-    let mut note = match (new.mode.as_str(), new.sample_interval_bytes) {
-        ("bytes", Some(i)) => format!("; estimates, sampled every {}", format::size(i)),
-        ("all", _) => "; exact".to_string(),
-        (mode, _) => format!("; sampling {mode}"),
-    };
+    let mut note = format!("; {}", sampling_of(new));
     if base.mode != new.mode || base.sample_interval_bytes != new.sample_interval_bytes {
-        note.push_str(&format!("; BASE was sampled differently ({})", base.mode));
+        note.push_str(&format!(
+            "; BASE was sampled differently ({})",
+            sampling_of(base)
+        ));
     }
     note
+}
+
+/// `estimates, sampled every 64.0 KiB`, `exact` or `sampling off`.
+fn sampling_of(snap: &Snapshot) -> String {
+    match (snap.mode.as_str(), snap.sample_interval_bytes) {
+        ("bytes", Some(i)) => format!("estimates, sampled every {}", format::size(i)),
+        ("all", _) => "exact".to_string(),
+        (mode, _) => format!("sampling {mode}"),
+    }
 }
