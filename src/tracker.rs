@@ -151,16 +151,18 @@ impl<A> Tracker<A> {
         self
     }
 
-    /// Sets the capacity of the callsite table (rounded up to a power of
-    /// two; memory: 304 bytes a callsite, mapped on first use).
+    /// Sets the capacity of the callsite table (clamped to 64 ..= 2^24,
+    /// rounded up to a power of two; memory: 304 bytes a callsite, mapped
+    /// on first use).
     #[must_use]
     pub const fn with_max_callsites(mut self, n: usize) -> Tracker<A> {
         self.config.max_callsites = n;
         self
     }
 
-    /// Sets how many sampled blocks can be live at once (rounded up to a
-    /// power of two; memory: 32 bytes each, mapped on first use). When
+    /// Sets how many sampled blocks can be live at once (clamped to
+    /// 1,024 ..= 2^28, rounded up to a power of two; memory: 32 bytes each,
+    /// mapped on first use). When
     /// sampling by bytes, 8,192 more slots (256 KiB) in front of them take
     /// blocks first.
     #[must_use]
