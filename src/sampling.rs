@@ -225,17 +225,24 @@ pub(crate) fn start_lease(shard: &Shard) {
         shard.countdown.store(0, Relaxed);
         return;
     }
-    let generation = GENERATION.load(Relaxed);
-    let mut rng = shard.rng.load(Relaxed);
-    if rng == 0 || shard.rng_generation.load(Relaxed) != generation {
-        rng = seed_for(shard);
-        shard.rng_generation.store(generation, Relaxed);
-    }
-    let (next, u) = next_uniform(rng);
+    let (next, u) = next_uniform(stream(shard).0);
     shard.rng.store(next, Relaxed);
     shard
         .countdown
         .store(exp_draw(u, INTERVAL.load(Relaxed).max(1)), Relaxed);
+}
+
+/// The shard's random state, and whether it is fresh: seeded now because
+/// the shard never sampled, or the seed or mode changed since it last did.
+fn stream(shard: &Shard) -> (u64, bool) {
+    let generation = GENERATION.load(Relaxed);
+    let rng = shard.rng.load(Relaxed);
+    if rng == 0 || shard.rng_generation.load(Relaxed) != generation {
+        shard.rng_generation.store(generation, Relaxed);
+        (seed_for(shard), true)
+    } else {
+        (rng, false)
+    }
 }
 
 /// The decision [`should_sample`] makes once the countdown has run out.
@@ -254,14 +261,11 @@ pub(crate) fn sample_slow(shard: &Shard, size: usize) -> Option<u64> {
         _ => {}
     }
     let interval = INTERVAL.load(Relaxed).max(1);
-    let generation = GENERATION.load(Relaxed);
-    let mut rng = shard.rng.load(Relaxed);
-    if rng == 0 || shard.rng_generation.load(Relaxed) != generation {
+    let (mut rng, fresh) = stream(shard);
+    if fresh {
         // A fresh (or reseeded) sampler: draw its first countdown and test
         // this allocation against it, so the first allocation of a thread
         // is sampled with the same probability as any other.
-        rng = seed_for(shard);
-        shard.rng_generation.store(generation, Relaxed);
         let (next, u) = next_uniform(rng);
         rng = next;
         let countdown = exp_draw(u, interval) - size as i64;
