@@ -483,8 +483,6 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Compares in time that depends only on the lengths, not on where the
-/// inputs differ.
 /// The token of an `Authorization: Bearer <token>` header (the scheme in
 /// any case, as RFC 9110 has it).
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
@@ -528,6 +526,8 @@ fn is_loopback_name(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Compares in time that depends only on the lengths, not on where the
+/// inputs differ.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
