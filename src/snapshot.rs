@@ -109,8 +109,12 @@ pub struct Snapshot {
 pub struct Callsite {
     /// Hash of the symbolized frames (16 hex digits).
     pub id: String,
-    /// The stack, innermost (the user's allocating function) first. Shared
-    /// (cheap to clone) between the snapshots that show this callsite.
+    /// The stack, innermost (the user's allocating function) first, at most
+    /// the tracker's depth of return addresses (inlined calls are frames of
+    /// their own), ending above the standard library's thread entry
+    /// (`__rust_begin_short_backtrace`, as Rust's short backtraces do): the
+    /// last frame is the thread's closure, or `main`. Shared (cheap to
+    /// clone) between the snapshots that show this callsite.
     pub frames: Arc<[Frame]>,
     /// Allocations made here (cumulative).
     pub allocations: u64,

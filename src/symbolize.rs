@@ -266,21 +266,53 @@ fn is_plumbing_frame(f: &Frame) -> bool {
     is_plumbing(&f.function) || f.file.as_deref().is_some_and(|p| p.starts_with("library/"))
 }
 
+/// The function the standard library runs a thread's (and `main`'s) body
+/// from: its frames and everything below them (thread start-up, `lang_start`,
+/// libc) are the same for every callsite of a thread, so a callsite ends
+/// above it, as Rust's own short backtraces do.
+const STACK_BASE: &str = "__rust_begin_short_backtrace";
+
+fn is_stack_base(f: &Frame) -> bool {
+    f.function.contains(STACK_BASE)
+}
+
 /// Flattens a stack's symbolized return addresses (`groups`, one per
 /// address, each several frames for inlined calls) into frames: the leading
 /// plumbing frames dropped, then at most `depth` addresses kept from the
-/// first that shows a user frame. Without the cut, a callsite captured once
-/// through a path with one more heapwatch frame would lose one frame at the
-/// bottom of its stack and show as a second callsite. If no frame is the
-/// user's (an allocation made by the standard library on its own), keeps
-/// the frames as they were minus heapwatch's own.
+/// first that shows a user frame, and nothing from the standard library's
+/// thread entry ([`STACK_BASE`]) down. Without the cut at `depth`, a
+/// callsite captured once through a path with one more heapwatch frame
+/// would lose one frame at the bottom of its stack and show as a second
+/// callsite. If no frame above the thread entry is the user's (an
+/// allocation made by the standard library on its own), keeps the frames
+/// as they were minus heapwatch's own.
 fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
-    let frames = groups.iter().flat_map(|g| g.iter());
-    let Some(first) = groups
+    // The address whose frames reach the thread entry ends the stack; its
+    // frames inlined above the entry (the thread's closure) are kept.
+    let base = groups
         .iter()
-        .position(|g| g.iter().any(|f| !is_plumbing_frame(f)))
+        .position(|g| g.iter().any(is_stack_base))
+        .unwrap_or(groups.len());
+    let above_base = |k: usize, group: &Arc<[Frame]>| -> Vec<Frame> {
+        if k < base {
+            group.to_vec()
+        } else {
+            group
+                .iter()
+                .take_while(|f| !is_stack_base(f))
+                .cloned()
+                .collect()
+        }
+    };
+    let end = groups.len().min(base + 1);
+    let Some(first) = groups[..end]
+        .iter()
+        .enumerate()
+        .position(|(k, g)| above_base(k, g).iter().any(|f| !is_plumbing_frame(f)))
     else {
-        return frames
+        return groups
+            .iter()
+            .flat_map(|g| g.iter())
             .skip_while(|f| {
                 let name = f.function.trim_start_matches('<');
                 name.starts_with("heapwatch::") || name.starts_with("backtrace::")
@@ -289,11 +321,15 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
             .collect();
     };
     let mut out = Vec::new();
-    for (k, group) in groups.iter().skip(first).take(depth).enumerate() {
-        if k == 0 {
-            out.extend(group.iter().skip_while(|f| is_plumbing_frame(f)).cloned());
+    for (k, group) in groups.iter().enumerate().skip(first).take(depth) {
+        if k > base {
+            break;
+        }
+        let frames = above_base(k, group);
+        if k == first {
+            out.extend(frames.into_iter().skip_while(is_plumbing_frame));
         } else {
-            out.extend(group.iter().cloned());
+            out.extend(frames);
         }
     }
     out
@@ -378,6 +414,89 @@ mod tests {
             names,
             ["app::level0", "app::level1", "app::level2", "app::level3"]
         );
+    }
+
+    #[test]
+    fn stacks_end_above_the_thread_entry() {
+        let f = |function: &str, file: Option<&str>| Frame {
+            function: function.to_string(),
+            file: file.map(str::to_string),
+            line: None,
+        };
+        let one =
+            |function: &str, file: Option<&str>| -> Arc<[Frame]> { [f(function, file)].into() };
+        let entry = "std::sys::backtrace::__rust_begin_short_backtrace";
+        let names = |frames: Vec<Frame>| -> Vec<String> {
+            frames.into_iter().map(|f| f.function).collect()
+        };
+        // A spawned thread: everything from the entry down is std and libc.
+        let thread = vec![
+            one("__rust_alloc", None),
+            one("app::put", Some("src/app.rs")),
+            one("app::worker", Some("src/app.rs")),
+            one("app::main::{{closure}}", Some("src/app.rs")),
+            one(entry, Some("library/std/src/sys/backtrace.rs")),
+            one(
+                "std::thread::lifecycle::spawn_unchecked::{{closure}}",
+                Some("library/std/src/thread/lifecycle.rs"),
+            ),
+            one(
+                "<std::sys::thread::unix::Thread>::new::thread_start",
+                Some("library/std/src/sys/thread/unix.rs"),
+            ),
+            one("start_thread", None),
+            one("clone3", None),
+        ];
+        assert_eq!(
+            names(trim(&thread, 16)),
+            ["app::put", "app::worker", "app::main::{{closure}}"]
+        );
+        // `main`, with the thread's body inlined into the entry's frame:
+        // the inlined frames above the entry stay.
+        let main = vec![
+            one("__rust_alloc", None),
+            one("app::load", Some("src/main.rs")),
+            [
+                f("app::main", Some("src/main.rs")),
+                f(
+                    "core::ops::function::FnOnce::call_once",
+                    Some("library/core/src/ops/function.rs"),
+                ),
+                f(entry, Some("library/std/src/sys/backtrace.rs")),
+                f(
+                    "std::rt::lang_start::{{closure}}",
+                    Some("library/std/src/rt.rs"),
+                ),
+            ]
+            .into(),
+            one(
+                "std::rt::lang_start_internal",
+                Some("library/std/src/rt.rs"),
+            ),
+            one("main", None),
+            one("__libc_start_main", None),
+            one("_start", None),
+        ];
+        assert_eq!(
+            names(trim(&main, 16)),
+            [
+                "app::load",
+                "app::main",
+                "core::ops::function::FnOnce::call_once"
+            ]
+        );
+        // The depth still counts addresses from the first user frame.
+        assert_eq!(names(trim(&thread, 2)), ["app::put", "app::worker"]);
+        // No user frame above the entry (the standard library allocating
+        // for a thread it starts): the stack is kept, as before.
+        let std_only = vec![
+            one("heapwatch::capture::capture", None),
+            one("alloc::alloc::alloc", Some("library/alloc/src/alloc.rs")),
+            one(entry, Some("library/std/src/sys/backtrace.rs")),
+            one("start_thread", None),
+        ];
+        assert_eq!(names(trim(&std_only, 16)).len(), 3);
+        assert!(trim(&[], 16).is_empty());
     }
 
     #[test]
