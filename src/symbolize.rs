@@ -88,10 +88,12 @@ pub(crate) fn site_symbols(slot: u32, id_of: impl Fn(&[Frame]) -> String) -> Sit
             frames: frames.into(),
             id,
         };
-        if let Ok(mut c) = site_cache().lock() {
-            c.insert(slot, entry.clone());
-        }
-        entry
+        // Another snapshot may have cached this slot meanwhile: keep its
+        // entry, and return it. Replacing it would leave that snapshot's
+        // frames (allocated here, as overhead) owned by the program alone,
+        // and freed as the program's when it drops its snapshot.
+        let mut c = site_cache().lock().unwrap_or_else(|e| e.into_inner());
+        c.entry(slot).or_insert(entry).clone()
     })
 }
 
@@ -126,7 +128,7 @@ fn resolve_cached(ip: usize) -> Arc<[Frame]> {
                 c.clear();
                 c.shrink_to(CACHE_CAPACITY);
             }
-            c.insert(ip, frames.clone());
+            return c.entry(ip).or_insert(frames).clone();
         }
         frames
     })

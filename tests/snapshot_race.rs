@@ -1,0 +1,71 @@
+//! Snapshots built on several threads at once, of callsites none of them
+//! has symbolized yet: the frames each snapshot shares with heapwatch's
+//! cache stay heapwatch's, so dropping the snapshots moves none of the
+//! program's figures (a snapshot that lost the race to cache a callsite
+//! used to own its frames alone, and the program's drop counted them as
+//! the program's frees).
+
+use std::sync::{Arc, Barrier};
+
+use heapwatch::{Sampling, Tracker};
+
+#[global_allocator]
+static GLOBAL: Tracker<std::alloc::System> =
+    Tracker::new(std::alloc::System).with_sampling(Sampling::All);
+
+/// A stack `depth` calls deep: each depth is a callsite of its own.
+#[inline(never)]
+fn keep_at_depth(depth: usize, out: &mut Vec<Vec<u8>>) {
+    if depth == 0 {
+        out.push(vec![0u8; 64]);
+    } else {
+        keep_at_depth(depth - 1, out);
+        std::hint::black_box(());
+    }
+}
+
+/// The program's live blocks and bytes (signed, so that a wrong count
+/// shows as the negative it is instead of clamping at zero).
+fn live() -> (i64, i64) {
+    let s = heapwatch::stats();
+    (
+        s.allocations.wrapping_sub(s.frees) as i64,
+        s.allocated_bytes.wrapping_sub(s.freed_bytes) as i64,
+    )
+}
+
+#[test]
+fn dropping_snapshots_built_at_once_leaves_the_program_figures_alone() {
+    const THREADS: usize = 4;
+    let mut kept: Vec<Vec<u8>> = Vec::with_capacity(10_000);
+    drop(heapwatch::snapshot()); // the callsites that exist so far
+    for round in 0..8 {
+        for depth in 0..12 {
+            keep_at_depth(round * 12 + depth, &mut kept); // new callsites
+        }
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let mut threads = Vec::with_capacity(THREADS);
+        let before = live();
+        for _ in 0..THREADS {
+            let barrier = Arc::clone(&barrier);
+            threads.push(std::thread::spawn(move || {
+                barrier.wait();
+                heapwatch::snapshot()
+            }));
+        }
+        let snapshots: Vec<heapwatch::Snapshot> =
+            threads.drain(..).map(|t| t.join().unwrap()).collect();
+        assert!(snapshots.iter().all(|s| s.callsites.len() >= 12));
+        drop(snapshots);
+        let after = live();
+        assert_eq!(
+            after,
+            before,
+            "round {round}: the program's (blocks, bytes) moved by \
+             ({:+}, {:+}) over snapshots it built and dropped",
+            after.0 - before.0,
+            after.1 - before.1
+        );
+    }
+    assert_eq!(kept.len(), 8 * 12);
+}
