@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::guard::untracked;
 
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+mod objects;
+
 /// Most addresses kept in the symbol cache.
 pub(crate) const CACHE_CAPACITY: usize = 65_536;
 
@@ -97,18 +100,32 @@ pub(crate) fn site_symbols(slot: u32, id_of: impl Fn(&[Frame]) -> String) -> Sit
     })
 }
 
-/// Whether `backtrace` parsed debug information since
-/// [`release_debug_info`] last ran.
+/// Whether debug information was read since [`release_debug_info`] last
+/// ran.
 static PARSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Frees the debug information `backtrace` parsed to symbolize new
-/// addresses (tens of MiB for a binary with full debug information). The
-/// frames are kept in heapwatch's own caches, so only addresses never seen
-/// before make `backtrace` parse again.
+/// Frees the debug information read to symbolize new addresses (tens of
+/// MiB for a binary with full debug information). The frames are kept in
+/// heapwatch's own caches, so only addresses never seen before make it read
+/// again.
 pub(crate) fn release_debug_info() {
     if PARSED.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+        untracked(|| drop(objects().lock().unwrap_or_else(|e| e.into_inner()).take()));
+        // Elsewhere the `backtrace` crate symbolizes, into the cache it
+        // shares with the program: clearing it may free the program's
+        // entries as heapwatch's (see `objects`).
+        #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
         untracked(backtrace::clear_symbol_cache);
     }
+}
+
+/// heapwatch's own symbolizer's state, read on the first address a
+/// snapshot has not seen and dropped by [`release_debug_info`].
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+fn objects() -> &'static Mutex<Option<objects::Objects>> {
+    static OBJECTS: Mutex<Option<objects::Objects>> = Mutex::new(None);
+    &OBJECTS
 }
 
 /// The symbol cache's size now (addresses).
@@ -137,15 +154,7 @@ fn resolve_cached(ip: usize) -> Arc<[Frame]> {
 fn resolve(ip: usize) -> Vec<Frame> {
     // Return addresses point after the call: look up the call itself.
     let addr = ip.saturating_sub(1);
-    let mut out = Vec::new();
-    backtrace::resolve(addr as *mut std::ffi::c_void, |sym| {
-        let function = sym.name().map(|n| format!("{n:#}")).unwrap_or_default();
-        out.push(Frame {
-            function,
-            file: sym.filename().map(|p| shorten_path(&p.to_string_lossy())),
-            line: sym.lineno(),
-        });
-    });
+    let mut out = frames_at(addr);
     if out.is_empty() || out.iter().all(|f| f.function.is_empty()) {
         return vec![Frame {
             function: module_offset(addr),
@@ -158,6 +167,30 @@ fn resolve(ip: usize) -> Vec<Frame> {
             f.function = module_offset(addr);
         }
     }
+    out
+}
+
+/// The frames at `addr`, innermost first, as the debug information or the
+/// symbol table gives them (names may be empty).
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+fn frames_at(addr: usize) -> Vec<Frame> {
+    let mut objects = objects().lock().unwrap_or_else(|e| e.into_inner());
+    objects
+        .get_or_insert_with(objects::Objects::load)
+        .frames(addr)
+}
+
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+fn frames_at(addr: usize) -> Vec<Frame> {
+    let mut out = Vec::new();
+    backtrace::resolve(addr as *mut std::ffi::c_void, |sym| {
+        let function = sym.name().map(|n| format!("{n:#}")).unwrap_or_default();
+        out.push(Frame {
+            function,
+            file: sym.filename().map(|p| shorten_path(&p.to_string_lossy())),
+            line: sym.lineno(),
+        });
+    });
     out
 }
 
