@@ -193,7 +193,7 @@ fn children_forked_during_exact_mode_churn_work() {
     // The parent's threads must not be stuck either (the `parent` handler
     // released the locks): join them with a deadline.
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let joiner = std::thread::spawn(move || {
         for t in threads {
             t.join().unwrap();
         }
@@ -203,6 +203,9 @@ fn children_forked_during_exact_mode_churn_work() {
         rx.recv_timeout(Duration::from_secs(60)).is_ok(),
         "the parent's allocating threads did not stop"
     );
+    // The joiner's own exit frees its thread's blocks: wait for it, so that
+    // it does not free them between the two readings below.
+    joiner.join().unwrap();
     assert!(failures.is_empty(), "{failures:#?}");
 
     // The parent still counts exactly after all those forks.
