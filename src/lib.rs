@@ -68,15 +68,18 @@
 //! - `pprof`: [`Snapshot::to_pprof`], gzipped pprof protobuf.
 //! - `flamegraph`: `Snapshot::to_flamegraph_svg`.
 //!
-//! # Known limitation with `dhat::Alloc`
+//! # Known limitation with `dhat::Alloc` (not on 64-bit Linux)
 //!
 //! dhat's allocator takes a global lock and calls the `backtrace` crate,
-//! which takes its own lock; symbolizing takes them in the other order. With
-//! `Tracker<dhat::Alloc>`, build snapshots (and run the server) only while no
-//! other thread allocates, as in a single-threaded leak test (dhat-rs #18,
-//! #25). heapwatch over jemalloc or System takes no lock in `alloc` and
-//! captures stacks with the unsynchronized unwinder, so it has no such
-//! ordering.
+//! which takes its own lock. Where heapwatch symbolizes through the
+//! `backtrace` crate too (every platform but 64-bit Linux), it takes them in
+//! the other order: there, with `Tracker<dhat::Alloc>`, build snapshots (and
+//! run the server) only while no other thread allocates, as in a
+//! single-threaded leak test (dhat-rs #18, #25). On 64-bit Linux heapwatch
+//! reads debug information with its own state and lock, so it has no such
+//! ordering (`tests/dhat_threads.rs`). heapwatch over jemalloc or System
+//! takes no lock in `alloc` and captures stacks with the unsynchronized
+//! unwinder.
 //!
 //! # Symbols
 //!
@@ -84,7 +87,11 @@
 //! Stacks are walked with frame pointers when the build keeps them
 //! (`RUSTFLAGS="-C force-frame-pointers=yes"`), else, on x86-64 Linux,
 //! with cached DWARF CFI rules, else with the `backtrace` crate (see
-//! [`Unwinder`]).
+//! [`Unwinder`]). Snapshots symbolize with the `object` and `addr2line`
+//! crates into heapwatch's own state on 64-bit Linux (so a program's own use
+//! of the `backtrace` crate's symbol cache is never touched), else with the
+//! `backtrace` crate. Split DWARF and separate debug files are not read:
+//! such addresses get their symbol table's name, or `module+0xoffset`.
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
