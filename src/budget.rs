@@ -470,8 +470,8 @@ enum EnvMb {
 }
 
 /// Reads an environment variable holding whole mebibytes, without
-/// allocating (`libc::getenv` and a byte loop). `0`, `unlimited` and an
-/// empty value mean unlimited.
+/// allocating (`libc::getenv` and a byte loop). `0` and `unlimited` mean
+/// unlimited; an empty value reads as unset.
 fn read_env_mb(name: &[u8]) -> EnvMb {
     // SAFETY: `name` is NUL-terminated. `getenv` returns null or a pointer
     // to a NUL-terminated string owned by the environment; it is read
@@ -488,7 +488,12 @@ fn read_env_mb(name: &[u8]) -> EnvMb {
 
 fn parse_mb(bytes: &[u8]) -> EnvMb {
     let trimmed = bytes.trim_ascii();
-    if trimmed.is_empty() || trimmed.eq_ignore_ascii_case(b"unlimited") {
+    // Set but empty (`HEAPWATCH_MAX_MEMORY_MB= cmd`): as if unset, as
+    // shells and most programs read an empty variable.
+    if trimmed.is_empty() {
+        return EnvMb::Unset;
+    }
+    if trimmed.eq_ignore_ascii_case(b"unlimited") {
         return EnvMb::Value(Budget::UNLIMITED);
     }
     let mut mb: u64 = 0;
@@ -1056,7 +1061,8 @@ mod tests {
         assert!(matches!(parse_mb(b"512"), EnvMb::Value(b) if b == Budget::from_mb(512)));
         assert!(matches!(parse_mb(b" 64 "), EnvMb::Value(b) if b == Budget::from_mb(64)));
         assert!(matches!(parse_mb(b"0"), EnvMb::Value(b) if b.is_unlimited()));
-        assert!(matches!(parse_mb(b""), EnvMb::Value(b) if b.is_unlimited()));
+        assert!(matches!(parse_mb(b""), EnvMb::Unset));
+        assert!(matches!(parse_mb(b"  "), EnvMb::Unset));
         assert!(matches!(parse_mb(b"512MB"), EnvMb::Invalid));
         assert!(matches!(
             parse_mb(b"99999999999999999999999"),

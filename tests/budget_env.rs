@@ -31,10 +31,20 @@ fn env_var_sets_the_budget() {
             );
             return;
         }
+        Ok("empty") => {
+            let st = heapwatch::budget_status();
+            assert!(!st.env_var_invalid);
+            assert_eq!(
+                st.budget.bytes(),
+                Some(1024 << 20),
+                "an empty variable reads as unset: the builder's budget stays"
+            );
+            return;
+        }
         _ => {}
     }
     assert_eq!(heapwatch::stats().budget_bytes, Some(1024 << 20));
-    for (value, mode) in [("48", "valid"), ("48MB", "invalid")] {
+    for (value, mode) in [("48", "valid"), ("48MB", "invalid"), ("", "empty")] {
         let out = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "env_var_sets_the_budget", "--nocapture"])
             .env(CHILD, mode)
