@@ -93,7 +93,7 @@ fn churn(stop: &AtomicBool, seed: u64, ops: &AtomicU64) {
             let i = (x >> 8) as usize % RING;
             let size = 16 + (x >> 32) as usize % (1 << ((x >> 20) % 15));
             ring[i] = black_box(vec![x as u8; size]);
-            if x % 7 == 0 {
+            if x.is_multiple_of(7) {
                 let s = &mut strings[(x >> 40) as usize % 64];
                 *s = format!("{x:x}-{}", "y".repeat((x % 200) as usize));
             }
@@ -197,7 +197,7 @@ fn client(addr: SocketAddr, stop: &AtomicBool, stats: &ClientStats) {
     let mut round = 0u64;
     while !stop.load(Relaxed) {
         let started = Instant::now();
-        if round % 10 == 0 || base.is_none() {
+        if round.is_multiple_of(10) || base.is_none() {
             match retained_base_id(addr) {
                 Ok(id) => {
                     base = Some(id);

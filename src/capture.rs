@@ -402,7 +402,7 @@ mod fp {
         let top = hi.saturating_sub(16);
         let mut n = 0;
         while n < out.len() {
-            if fp % std::mem::align_of::<usize>() != 0 || fp > top {
+            if !fp.is_multiple_of(std::mem::align_of::<usize>()) || fp > top {
                 break;
             }
             // SAFETY: `fp .. fp + 16` lies inside this thread's mapped stack

@@ -77,7 +77,7 @@ fn sampled_estimates_are_within_ten_percent() {
     let mut i = 0usize;
     while a.allocated + b.allocated + c.allocated < 1_200 << 20 {
         for _ in 0..8 {
-            let (size, kept) = (256 + (i % 64) * 16, i % 2 == 0);
+            let (size, kept) = (256 + (i % 64) * 16, i.is_multiple_of(2));
             let v = site_a(size);
             if kept {
                 keep_a.push(v);
@@ -85,14 +85,14 @@ fn sampled_estimates_are_within_ten_percent() {
             a.record(size, kept);
             i += 1;
         }
-        let (size, kept) = (4096 + (i % 8) * 512, i % 2 == 0);
+        let (size, kept) = (4096 + (i % 8) * 512, i.is_multiple_of(2));
         let v = site_b(size);
         if kept {
             keep_b.push(v);
         }
         b.record(size, kept);
-        if i % 8 == 0 {
-            let (size, kept) = (64 * 1024, i % 5 == 0);
+        if i.is_multiple_of(8) {
+            let (size, kept) = (64 * 1024, i.is_multiple_of(5));
             let v = site_c(size);
             if kept {
                 keep_c.push(v);

@@ -377,7 +377,7 @@ mod tests {
                 started.store(true, Relaxed);
                 let mut i = 0;
                 while i < ADDS || !stop.load(Relaxed) {
-                    let slot = if (i / RUN) % 2 == 0 { s } else { t };
+                    let slot = if (i / RUN).is_multiple_of(2) { s } else { t };
                     add(shard, slot, Pair::Alloc, 1, 1);
                     i += 1;
                     done.store(i, Release);

@@ -119,7 +119,7 @@ impl Rule {
 
 /// Slots an address may occupy (one set of the cache).
 pub(crate) const WAYS: usize = 4;
-const _: () = assert!(CACHE_SLOTS.is_power_of_two() && CACHE_SLOTS % WAYS == 0);
+const _: () = assert!(CACHE_SLOTS.is_power_of_two() && CACHE_SLOTS.is_multiple_of(WAYS));
 
 /// The set of slots where `address`'s rule may be cached, and which of
 /// them a miss overwrites when all are taken (chosen by other bits of the
@@ -369,7 +369,7 @@ fn walk_from_here(out: &mut [usize]) -> Option<usize> {
     }
     // A word of the stack, if it lies inside this thread's stack.
     let read = |at: usize| -> Option<usize> {
-        if at < lo || at > hi.checked_sub(8)? || at % 8 != 0 {
+        if at < lo || at > hi.checked_sub(8)? || !at.is_multiple_of(8) {
             return None;
         }
         // SAFETY: `at .. at + 8` is inside this thread's mapped stack and
