@@ -71,7 +71,7 @@ const NEAR_PER_STRIPE: usize = 128;
 /// Live-block slots of all near regions, ahead of the configured capacity.
 const NEAR_SLOTS: usize = STRIPES * NEAR_PER_STRIPE;
 const _: () = assert!(NEAR_PER_STRIPE.is_power_of_two());
-const _: () = assert!(STRIPES.is_power_of_two() && FILTER_LEN % STRIPES == 0);
+const _: () = assert!(STRIPES.is_power_of_two() && FILTER_LEN.is_multiple_of(STRIPES));
 const FILTER_LEN: usize = 1 << 16;
 const BUSY: u64 = 1 << 63;
 /// Callsite index of the unattributed row.
@@ -197,6 +197,38 @@ pub(crate) struct Record {
     weight: u64,
 }
 
+/// The `site` of a record that marks a block of the inner allocator's own
+/// rather than a sampled one (see [`record_inner_own`]).
+const INNER_OWN: u32 = u32::MAX - 1;
+const _: () = assert!(INNER_OWN != UNATTRIBUTED);
+
+impl Record {
+    /// Whether the block is one of the inner allocator's own (see
+    /// [`record_inner_own`]), not a sampled block of the program's.
+    pub(crate) fn is_inner_own(&self) -> bool {
+        self.site == INNER_OWN
+    }
+}
+
+/// Tracks a block the inner allocator made for itself through the global
+/// allocator while serving the hook (dhat's tables): it is counted as
+/// heapwatch's overhead when allocated, and its record makes its free count
+/// as overhead too, whichever thread frees it and however (dropping a
+/// `dhat::Profiler` frees dhat's tables on the program's thread, outside
+/// the guard). With no room for the record, the block is counted in
+/// `Unattributed::inner_blocks_untracked` and its free is counted by the
+/// guard as before: as the program's if the program's thread makes it.
+pub(crate) fn record_inner_own(ptr: usize, size: usize) {
+    let rec = Record {
+        site: INNER_OWN,
+        size: size as u64,
+        weight: 0,
+    };
+    if !(tables_ready() && insert(ptr, rec)) {
+        INNER_UNTRACKED.fetch_add(1, Relaxed);
+    }
+}
+
 #[repr(align(64))]
 struct Stripe {
     locked: AtomicBool,
@@ -265,6 +297,9 @@ static UNATTRIBUTED_ROW: SiteCounters = SiteCounters::new();
 static DROPPED_SITE_FULL: AtomicU64 = AtomicU64::new(0);
 static DROPPED_LIVE_FULL: AtomicU64 = AtomicU64::new(0);
 static DROPPED_NO_TABLES: AtomicU64 = AtomicU64::new(0);
+/// Blocks of the inner allocator's own that found no room in the live-block
+/// table (see [`record_inner_own`]).
+static INNER_UNTRACKED: AtomicU64 = AtomicU64::new(0);
 static UNTRACKED_ALLOCS_W: AtomicU64 = AtomicU64::new(0);
 static UNTRACKED_BYTES: AtomicU64 = AtomicU64::new(0);
 static CONTENDED: AtomicU64 = AtomicU64::new(0);
@@ -952,6 +987,13 @@ pub struct Unattributed {
     pub untracked_bytes: u64,
     /// Times a thread waited for a live-block stripe lock.
     pub lock_contentions: u64,
+    /// Blocks the inner allocator made for itself through the global
+    /// allocator (`dhat::Alloc`'s tables; never with jemalloc or System)
+    /// that found the live-block table full or unmapped: if the program's
+    /// thread frees one (dropping a `dhat::Profiler`), that free is counted
+    /// as the program's. 0 in files saved by earlier versions.
+    #[serde(default)]
+    pub inner_blocks_untracked: u64,
 }
 
 /// Reads the unattributed row and the overflow counters.
@@ -969,6 +1011,7 @@ pub(crate) fn unattributed() -> Unattributed {
         untracked_allocations: weighted_count(UNTRACKED_ALLOCS_W.load(Relaxed)),
         untracked_bytes: UNTRACKED_BYTES.load(Relaxed),
         lock_contentions: CONTENDED.load(Relaxed),
+        inner_blocks_untracked: INNER_UNTRACKED.load(Relaxed),
     }
 }
 
@@ -982,7 +1025,9 @@ pub struct TableUsage {
     pub callsites_used: u64,
     /// Live sampled block slots (0 until mapped).
     pub live_sample_capacity: u64,
-    /// Live sampled blocks recorded now.
+    /// Live sampled blocks recorded now (with, under an inner allocator
+    /// that allocates for itself such as `dhat::Alloc`, the records of its
+    /// own blocks).
     pub live_samples_used: u64,
     /// Addresses in the symbol cache.
     pub symbol_cache_entries: u64,

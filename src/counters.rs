@@ -127,13 +127,20 @@ static LEASE_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
 /// Bit 0 of a thread's word ([`word`]): the thread is inside heapwatch (the
 /// reentrancy guard, see `guard`). Every write of the word keeps it.
 pub(crate) const GUARD_BIT: usize = 1;
+/// Bit 3 of a thread's word, set with [`GUARD_BIT`] only: inside heapwatch's
+/// own work (symbolizing, snapshots, the server), as opposed to inside the
+/// inner allocator called from the hook (see `guard`). Every write of the
+/// word keeps it.
+pub(crate) const OWN_BIT: usize = 8;
+/// The guard's two bits.
+const FLAG_BITS: usize = GUARD_BIT | OWN_BIT;
 /// The word's shard part before the thread's first allocation.
 const NO_SHARD: usize = 2;
 /// The word's shard part for a thread that uses the shared shard (every
 /// shard was leased, or its thread-locals are being torn down).
 const SHARED_SHARD: usize = 4;
 /// Bits that are zero in a shard's address (shards are 128-byte aligned)
-/// and hold the guard bit and the two markers in the word.
+/// and hold the guard's bits and the two markers in the word.
 const TAG_BITS: usize = 127;
 const _: () = assert!(std::mem::align_of::<Shard>() > TAG_BITS);
 // The size `SHARDS` documents (and `callsites::static_table_bytes` counts).
@@ -156,7 +163,7 @@ thread_local! {
 pub(crate) fn word() -> usize {
     CURRENT
         .try_with(Cell::get)
-        .unwrap_or(SHARED_SHARD | GUARD_BIT)
+        .unwrap_or(SHARED_SHARD | FLAG_BITS)
 }
 
 /// Sets the calling thread's word (see `CURRENT`).
@@ -165,10 +172,11 @@ pub(crate) fn set_word(w: usize) {
     let _ = CURRENT.try_with(|c| c.set(w));
 }
 
-/// Sets the shard part of the calling thread's word, keeping its guard bit.
+/// Sets the shard part of the calling thread's word, keeping its guard's
+/// bits.
 fn set_shard_part(part: usize) -> bool {
     CURRENT
-        .try_with(|c| c.set(part | (c.get() & GUARD_BIT)))
+        .try_with(|c| c.set(part | (c.get() & FLAG_BITS)))
         .is_ok()
 }
 
@@ -203,7 +211,7 @@ pub(crate) fn fast() -> Option<&'static Shard> {
 /// The calling thread's exclusively leased shard, if it has one, whether
 /// or not it is inside heapwatch.
 pub(crate) fn own() -> Option<&'static Shard> {
-    leased(word() & !GUARD_BIT)
+    leased(word() & !FLAG_BITS)
 }
 
 /// The shard a word names, if the word has no tag bit set.
@@ -224,10 +232,10 @@ fn leased(w: usize) -> Option<&'static Shard> {
 /// through the global allocator, never panics.
 #[inline]
 pub(crate) fn current() -> &'static Shard {
-    match word() & !GUARD_BIT {
+    match word() & !FLAG_BITS {
         NO_SHARD => lease_slow(),
         SHARED_SHARD => &SHARED,
-        // SAFETY: as in `leased`: with the guard bit cleared, a word other
+        // SAFETY: as in `leased`: with the guard's bits cleared, a word other
         // than the two markers is a shard's address.
         p => unsafe { &*(p as *const Shard) },
     }

@@ -18,10 +18,17 @@
 //! - around heapwatch's own work that may allocate (symbolizing, building
 //!   snapshots for the server, the server thread itself).
 //!
+//! The two are told apart by bit 3 (`counters::OWN_BIT`), set with the
+//! guard only for heapwatch's own work: an allocation made under the guard
+//! without it comes from inside the inner allocator (dhat's tables), and
+//! heapwatch tracks that block, so that its free is counted as overhead too
+//! even when the program's thread makes it (dropping a `dhat::Profiler`
+//! frees dhat's tables).
+//!
 //! The RAII [`Guard`] restores the previous value on drop, so it nests and is
 //! panic-safe.
 
-use crate::counters::{self, Shard, GUARD_BIT};
+use crate::counters::{self, Shard, GUARD_BIT, OWN_BIT};
 
 /// Whether the current thread is inside heapwatch (or inside the inner
 /// allocator called from the hook). Never panics; a thread whose
@@ -31,19 +38,38 @@ pub(crate) fn is_active() -> bool {
     counters::word() & GUARD_BIT != 0
 }
 
+/// Whether the current thread is inside the inner allocator called from
+/// the hook (the guard set, not for heapwatch's own work).
+#[inline(always)]
+pub(crate) fn in_inner() -> bool {
+    counters::word() & (GUARD_BIT | OWN_BIT) == GUARD_BIT
+}
+
 /// Sets the guard for its lifetime and restores the previous state on drop.
 pub(crate) struct Guard {
-    prev: bool,
+    /// The guard's two bits as they were.
+    prev: usize,
 }
 
 impl Guard {
-    /// Enters heapwatch on this thread.
+    /// Enters heapwatch's own work on this thread.
     #[inline(always)]
     pub(crate) fn enter() -> Guard {
+        Guard::set(GUARD_BIT | OWN_BIT)
+    }
+
+    /// Enters the inner allocator from one of the hook's general paths.
+    #[inline(always)]
+    pub(crate) fn enter_inner() -> Guard {
+        Guard::set(GUARD_BIT)
+    }
+
+    #[inline(always)]
+    fn set(bits: usize) -> Guard {
         let w = counters::word();
-        counters::set_word(w | GUARD_BIT);
+        counters::set_word((w & !(GUARD_BIT | OWN_BIT)) | bits);
         Guard {
-            prev: w & GUARD_BIT != 0,
+            prev: w & (GUARD_BIT | OWN_BIT),
         }
     }
 
@@ -63,11 +89,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         // Read the word again: the thread may have leased a shard meanwhile.
         let w = counters::word();
-        counters::set_word(if self.prev {
-            w | GUARD_BIT
-        } else {
-            w & !GUARD_BIT
-        });
+        counters::set_word((w & !(GUARD_BIT | OWN_BIT)) | self.prev);
     }
 }
 
@@ -108,6 +130,26 @@ mod tests {
             assert!(is_active(), "inner guard must restore the outer state");
         }
         assert!(!is_active());
+    }
+
+    #[test]
+    fn inner_and_own_nest_and_restore() {
+        assert!(!is_active() && !in_inner());
+        {
+            let _inner = Guard::enter_inner();
+            assert!(is_active() && in_inner());
+            {
+                let _own = Guard::enter();
+                assert!(is_active() && !in_inner());
+                {
+                    let _inner = Guard::enter_inner();
+                    assert!(in_inner());
+                }
+                assert!(is_active() && !in_inner());
+            }
+            assert!(in_inner());
+        }
+        assert!(!is_active() && !in_inner());
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //!                     live_bytes, dropped_callsite_table_full,
 //!                     dropped_live_table_full, dropped_no_tables,
 //!                     untracked_allocations, untracked_bytes,
-//!                     lock_contentions },
+//!                     lock_contentions, inner_blocks_untracked },
 //!   "tables": { callsite_capacity, callsites_used,
 //!               live_sample_capacity, live_samples_used },
 //!   "allocator": { "name": "jemalloc", "allocated": .., "active": ..,

@@ -484,8 +484,18 @@ impl<A: GlobalAlloc> Tracker<A> {
     #[inline(never)]
     unsafe fn dealloc_sampled(&self, shard: &Shard, ptr: *mut u8, layout: Layout) {
         let size = layout.size();
-        if let Some(rec) = callsites::take(ptr as usize) {
-            callsites::record_free(shard, &rec);
+        match callsites::take(ptr as usize) {
+            Some(rec) if rec.is_inner_own() => {
+                // The inner allocator's own block (dhat's tables, freed by
+                // the program dropping its profiler): overhead, as when it
+                // was allocated.
+                shard.add_owned(&shard.ovh_frees, 1);
+                shard.add_owned(&shard.ovh_freed_bytes, size as u64);
+                // SAFETY: forwarded from this function's own contract.
+                return unsafe { self.inner.dealloc(ptr, layout) };
+            }
+            Some(rec) => callsites::record_free(shard, &rec),
+            None => {}
         }
         let freed = shard.freed_bytes.load(Relaxed).wrapping_add(size as u64);
         shard.freed_bytes.store(freed, Relaxed);
@@ -509,14 +519,20 @@ impl<A: GlobalAlloc> Tracker<A> {
         let shard = counters::current();
         let old_size = layout.size();
         let growth = new_size.saturating_sub(old_size);
+        let rec = take_record(ptr);
+        // The inner allocator's own blocks stay its own, moved by whoever.
+        let inner_own =
+            rec.as_ref().is_some_and(Record::is_inner_own) || (guard::in_inner() && rec.is_none());
         // heapwatch's own blocks are not charged to the budget.
-        let guarded = guard::is_active();
+        let guarded = guard::is_active() || inner_own;
         if growth > 0 && !guarded && !budget::admit(shard, growth) {
+            if let Some(rec) = rec {
+                callsites::put_back(ptr as usize, rec);
+            }
             return std::ptr::null_mut();
         }
-        let rec = take_record(ptr);
         let p = {
-            let _g = Guard::enter();
+            let _g = Guard::enter_inner();
             // SAFETY: the caller upholds `realloc`'s contract: `ptr` came
             // from this allocator with `layout`, `new_size` is valid for it.
             unsafe { self.inner.realloc(ptr, layout, new_size) }
@@ -531,12 +547,15 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
             return p;
         }
-        if let Some(rec) = rec {
+        if let Some(rec) = rec.filter(|r| !r.is_inner_own()) {
             callsites::record_free(shard, &rec);
         }
         if guarded {
             shard.add(&shard.ovh_alloc_bytes, new_size as u64);
             shard.add(&shard.ovh_freed_bytes, old_size as u64);
+            if inner_own {
+                callsites::record_inner_own(p as usize, new_size);
+            }
             return p;
         }
         shard.add(&shard.reallocs, 1);
@@ -563,13 +582,21 @@ impl<A: GlobalAlloc> Tracker<A> {
         let shard = counters::current();
         let size = layout.size();
         if guard::is_active() {
-            // heapwatch's own: straight to the inner allocator, counted as
-            // overhead, never charged to the budget nor refused by it.
-            // SAFETY: forwarded from this function's own contract.
-            let p = unsafe { self.inner_alloc(layout, zeroed) };
+            // heapwatch's own, or the inner allocator's: straight to the
+            // inner allocator, counted as overhead, never charged to the
+            // budget nor refused by it.
+            let inner_own = guard::in_inner();
+            let p = {
+                let _g = Guard::enter_inner();
+                // SAFETY: forwarded from this function's own contract.
+                unsafe { self.inner_alloc(layout, zeroed) }
+            };
             if !p.is_null() {
                 shard.add(&shard.ovh_allocs, 1);
                 shard.add(&shard.ovh_alloc_bytes, size as u64);
+                if inner_own {
+                    callsites::record_inner_own(p as usize, size);
+                }
             }
             return p;
         }
@@ -577,7 +604,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             return std::ptr::null_mut();
         }
         let p = {
-            let _g = Guard::enter();
+            let _g = Guard::enter_inner();
             // SAFETY: as above.
             unsafe { self.inner_alloc(layout, zeroed) }
         };
@@ -631,10 +658,13 @@ fn on_realloc_owned(shard: &Shard, p: *mut u8, old_size: usize, new_size: usize)
 #[inline(never)]
 fn on_dealloc_slow(ptr: *mut u8, size: usize) {
     let shard = counters::current();
-    if let Some(rec) = take_record(ptr) {
+    let rec = take_record(ptr);
+    // The inner allocator's own blocks are overhead whoever frees them.
+    let inner_own = rec.as_ref().is_some_and(Record::is_inner_own);
+    if let Some(rec) = rec.filter(|r| !r.is_inner_own()) {
         callsites::record_free(shard, &rec);
     }
-    if guard::is_active() {
+    if inner_own || guard::is_active() {
         shard.add(&shard.ovh_frees, 1);
         shard.add(&shard.ovh_freed_bytes, size as u64);
     } else {
