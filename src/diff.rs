@@ -29,6 +29,14 @@ pub struct SnapshotDiff {
     pub totals: TotalsDelta,
     /// Per-callsite deltas, largest live-bytes growth first.
     pub callsites: Vec<CallsiteDelta>,
+    /// Callsites in one snapshot and absent from the other where that
+    /// other left callsites out ([`Snapshot::callsites_omitted`]: a
+    /// `/heap?top=N` answer, or the server's history, which keeps each
+    /// snapshot's largest callsites): their figures there are not known,
+    /// so they are not in `callsites` rather than shown as new or gone.
+    /// 0 in files from builds before it existed.
+    #[serde(default)]
+    pub callsites_not_compared: u64,
 }
 
 /// Process-wide deltas.
@@ -122,9 +130,15 @@ impl Snapshot {
             base.callsites.iter().map(|c| (c.id.as_str(), c)).collect();
         let mut seen = std::collections::HashSet::new();
         let mut callsites = Vec::with_capacity(self.callsites.len());
+        // Absent from a snapshot that left callsites out: not known there.
+        let mut not_compared = 0u64;
         for c in &self.callsites {
             seen.insert(c.id.as_str());
             let b = base_by_id.get(c.id.as_str());
+            if b.is_none() && base.callsites_omitted > 0 {
+                not_compared += 1;
+                continue;
+            }
             let (bl, bb, ba, bab, bf) = b.map_or((0, 0, 0, 0, 0), |b| {
                 (
                     b.live_bytes,
@@ -152,6 +166,10 @@ impl Snapshot {
         }
         for b in &base.callsites {
             if seen.contains(b.id.as_str()) {
+                continue;
+            }
+            if self.callsites_omitted > 0 {
+                not_compared += 1;
                 continue;
             }
             callsites.push(CallsiteDelta {
@@ -194,6 +212,7 @@ impl Snapshot {
                 },
             },
             callsites,
+            callsites_not_compared: not_compared,
         }
     }
 }

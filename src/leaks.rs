@@ -11,7 +11,11 @@
 //! Time is the snapshots' `uptime_ms` (monotonic), not their wall clock, so
 //! a clock step does not fake a slope. A callsite absent from a snapshot
 //! counts as zero live bytes there (it did not exist yet, or had nothing
-//! live). With fewer than two points, or all points at the same instant,
+//! live), unless that snapshot left callsites out
+//! ([`Snapshot::callsites_omitted`], as the server's history does): there
+//! its figure is unknown and that point is left out of the callsite's fit
+//! (a callsite needs two known points at different instants to have a
+//! slope). With fewer than two points, or all points at the same instant,
 //! there is no slope: the report says `enough_data: false` and every slope
 //! is zero.
 //!
@@ -229,22 +233,39 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
 
     let mut callsites = Vec::new();
     if enough_data {
-        // id -> live bytes per point (0 where absent), and the index of the
-        // latest snapshot that has it (for frames).
-        let mut series: HashMap<&str, (Vec<u64>, usize, usize)> = HashMap::new();
+        // id -> live bytes per point, and the index of the latest snapshot
+        // that has it (for frames). Absent from a point: 0 if that snapshot
+        // has every callsite, unknown (`None`, left out of the fit) if it
+        // left callsites out (the server's history keeps each snapshot's
+        // largest ones): reading that absence as 0 made a steady callsite
+        // that moved into the kept set look like a leak.
+        let absent: Vec<Option<u64>> = points
+            .iter()
+            .map(|s| (s.callsites_omitted == 0).then_some(0))
+            .collect();
+        let mut series: HashMap<&str, (Vec<Option<u64>>, usize, usize)> = HashMap::new();
         for (i, snap) in points.iter().enumerate() {
             for (j, c) in snap.callsites.iter().enumerate() {
                 let entry = series
                     .entry(c.id.as_str())
-                    .or_insert_with(|| (vec![0; points.len()], i, j));
+                    .or_insert_with(|| (absent.clone(), i, j));
                 if let Some(v) = entry.0.get_mut(i) {
-                    *v = v.saturating_add(c.live_bytes);
+                    *v = Some(v.unwrap_or(0).saturating_add(c.live_bytes));
                 }
                 entry.1 = i;
                 entry.2 = j;
             }
         }
-        for (id, (ys, si, ci)) in series {
+        for (id, (known, si, ci)) in series {
+            let (xs, ys): (Vec<f64>, Vec<u64>) = xs
+                .iter()
+                .zip(&known)
+                .filter_map(|(&x, y)| Some((x, (*y)?)))
+                .unzip();
+            let spans = xs.first().zip(xs.last()).is_some_and(|(a, b)| b > a);
+            if !spans {
+                continue;
+            }
             let g = growth(&xs, &ys, true, thresholds);
             if g.bytes_per_sec.is_nan() || g.bytes_per_sec <= 0.0 {
                 continue;
@@ -423,6 +444,57 @@ mod tests {
         assert_eq!(r.callsites[0].severity, Severity::Medium);
         assert_eq!(r.callsites[0].frames[0].function, "app::leaky");
         assert!((r.callsites[0].bytes_per_sec - 10.0 * MB as f64 / 60.0).abs() < 1e-2);
+    }
+
+    #[test]
+    fn absent_from_a_truncated_snapshot_is_unknown_not_zero() {
+        // "steady" holds 20 MiB throughout; it makes the kept set of the
+        // truncated snapshots only once "batch" (50 MiB) is freed at 60 s.
+        let snaps: Vec<Snapshot> = (0..13)
+            .map(|i| {
+                let t = i * 10_000;
+                let mut s = if t < 60_000 {
+                    snap(i + 1, t, 70 * MB, &[("batch", 50 * MB)])
+                } else {
+                    snap(i + 1, t, 20 * MB, &[("steady", 20 * MB)])
+                };
+                s.callsites_omitted = 5;
+                s
+            })
+            .collect();
+        let r = report(&snaps, 300);
+        assert!(r.enough_data);
+        assert!(
+            r.callsites.iter().all(|c| c.id != "steady"),
+            "a steady callsite read as growing from 0: {:?}",
+            r.callsites
+                .iter()
+                .map(|c| (&c.id, c.mb_per_min))
+                .collect::<Vec<_>>()
+        );
+
+        // The same snapshots complete: "steady" was truly absent (0) in
+        // the first ones, so it grew.
+        let complete: Vec<Snapshot> = snaps
+            .into_iter()
+            .map(|mut s| {
+                s.callsites_omitted = 0;
+                s
+            })
+            .collect();
+        let r = report(&complete, 300);
+        assert_eq!(r.callsites.first().map(|c| c.id.as_str()), Some("steady"));
+
+        // A callsite known at one point only has no slope.
+        let mut one = vec![
+            snap(1, 0, 0, &[]),
+            snap(2, 10_000, 0, &[]),
+            snap(3, 20_000, 9 * MB, &[("late", 9 * MB)]),
+        ];
+        for s in &mut one {
+            s.callsites_omitted = 1;
+        }
+        assert!(report(&one, 300).callsites.is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //!                    "frees": 10, "freed_bytes": 640,
 //!                    "live_blocks": 990, "live_bytes": 63360,
 //!                    "estimated": true } ],
+//!   "callsites_omitted": 0,       // left out by /heap?top=N or the history
 //!   "unattributed": { allocations, allocated_bytes, frees, freed_bytes,
 //!                     live_bytes, dropped_callsite_table_full,
 //!                     dropped_live_table_full, dropped_no_tables,
@@ -90,6 +91,15 @@ pub struct Snapshot {
     pub totals: Stats,
     /// Per-callsite figures, by default largest live bytes first.
     pub callsites: Vec<Callsite>,
+    /// Callsites left out of `callsites` by
+    /// [`truncate_callsites`](Snapshot::truncate_callsites) (`/heap?top=N`,
+    /// the server's history, which keeps its snapshots' largest callsites).
+    /// When it is above 0, a callsite absent from this snapshot may have
+    /// had figures: [`Snapshot::diff`] and [`leak_report`](crate::leak_report)
+    /// do not read its absence as zero. 0 in files from builds before it
+    /// existed.
+    #[serde(default)]
+    pub callsites_omitted: u64,
     /// What no callsite row holds.
     pub unattributed: Unattributed,
     /// Capacity and use of heapwatch's tables.
@@ -256,6 +266,7 @@ pub fn snapshot() -> Snapshot {
             unwinder_fallbacks: crate::capture::cfi_fallbacks() as u64,
             totals,
             callsites: rows.iter().map(Row::to_callsite).collect(),
+            callsites_omitted: 0,
             unattributed: callsites::unattributed(),
             tables: callsites::usage(),
             allocator: allocator_stats(),
@@ -352,8 +363,11 @@ impl Snapshot {
             .sort_by(|a, b| k(b).cmp(&k(a)).then_with(|| a.id.cmp(&b.id)));
     }
 
-    /// Keeps the first `n` callsites.
+    /// Keeps the first `n` callsites, and counts the others in
+    /// [`callsites_omitted`](Snapshot::callsites_omitted).
     pub fn truncate_callsites(&mut self, n: usize) {
+        let omitted = self.callsites.len().saturating_sub(n) as u64;
+        self.callsites_omitted = self.callsites_omitted.saturating_add(omitted);
         self.callsites.truncate(n);
     }
 

@@ -344,3 +344,31 @@ fn diff_names_how_each_side_was_sampled() {
         "{text}"
     );
 }
+
+#[test]
+fn diff_says_how_many_callsites_a_truncated_file_kept_out_of_the_comparison() {
+    let mut kept = Vec::new();
+    grow_here(&mut kept);
+    let full = heapwatch::snapshot();
+    let n = full.callsites.len();
+    assert!(n >= 2, "{n} callsites");
+    let mut top1 = full.clone();
+    top1.truncate_callsites(1);
+    let base = temp_file("base-top1.json");
+    std::fs::write(&base, serde_json::to_string(&top1).unwrap()).unwrap();
+    let new = temp_file("new-full.json");
+    std::fs::write(&new, serde_json::to_string(&full).unwrap()).unwrap();
+
+    let out = cli(&["diff", base.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("note: {} callsites not compared", n - 1)),
+        "{text}"
+    );
+    assert!(
+        text.contains("0 new, 0 gone"),
+        "nothing is new or gone: {text}"
+    );
+    drop(kept);
+}

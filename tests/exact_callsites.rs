@@ -347,3 +347,29 @@ fn many_live_blocks_are_tracked_exactly() {
     drop(v);
     assert_eq!(figures(&heapwatch::snapshot()), (n as u64, n as u64, 0, 0));
 }
+
+#[test]
+fn a_truncated_snapshot_makes_no_callsite_new_or_gone() {
+    let kept = black_box(vec![vec![1u8; 100], vec![2u8; 200]]);
+    let full = heapwatch::snapshot();
+    let n = full.callsites.len() as u64;
+    assert!(n >= 3, "{n} callsites");
+    let mut top1 = full.clone();
+    top1.truncate_callsites(1);
+    assert_eq!(top1.callsites_omitted, n - 1);
+
+    // The same figures on both sides: what one side left out is not
+    // compared, never shown as new or gone.
+    for d in [full.diff(&top1), top1.diff(&full)] {
+        assert_eq!(d.callsites.len(), 1);
+        assert_eq!(d.callsites[0].change, heapwatch::Change::Both);
+        assert_eq!(d.callsites[0].live_bytes_delta, 0);
+        assert_eq!(d.callsites_not_compared, n - 1);
+    }
+    // Complete snapshots compare every callsite.
+    assert_eq!(full.diff(&full).callsites_not_compared, 0);
+    // The count survives a round trip through JSON.
+    let back = heapwatch::Snapshot::from_json(&serde_json::to_string(&top1).unwrap()).unwrap();
+    assert_eq!(back.callsites_omitted, n - 1);
+    drop(kept);
+}

@@ -75,6 +75,12 @@ fn render(
     if diff.interval_ms < 0 {
         out.push_str("note: NEW was taken before BASE; are the arguments swapped?\n");
     }
+    if diff.callsites_not_compared > 0 {
+        out.push_str(&format!(
+            "note: {} callsites not compared: each is absent from a snapshot that left callsites out (saved with ?top=N)\n",
+            diff.callsites_not_compared
+        ));
+    }
     out.push('\n');
 
     let t = &diff.totals;
