@@ -109,13 +109,19 @@ static PARSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 /// heapwatch's own caches, so only addresses never seen before make it read
 /// again.
 pub(crate) fn release_debug_info() {
-    if PARSED.swap(false, std::sync::atomic::Ordering::Relaxed) {
-        #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    // Taken under the lock whatever the flag says: a snapshot running at the
+    // same time may have read objects again after this one's last look-up,
+    // and clearing the flag must not leave them loaded after both returned.
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    {
+        PARSED.store(false, std::sync::atomic::Ordering::Relaxed);
         untracked(|| drop(objects().lock().unwrap_or_else(|e| e.into_inner()).take()));
-        // Elsewhere the `backtrace` crate symbolizes, into the cache it
-        // shares with the program: clearing it may free the program's
-        // entries as heapwatch's (see `objects`).
-        #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+    }
+    // Elsewhere the `backtrace` crate symbolizes, into the cache it shares
+    // with the program: clearing it may free the program's entries as
+    // heapwatch's (see `objects`).
+    #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+    if PARSED.swap(false, std::sync::atomic::Ordering::Relaxed) {
         untracked(backtrace::clear_symbol_cache);
     }
 }

@@ -13,13 +13,18 @@
 //! that had to read debug information (tens of MiB for a binary built with
 //! it).
 //!
-//! For an address: the loaded object that holds it (`dl_iterate_phdr`), its
-//! DWARF (inlined calls as frames of their own, innermost first, with file
-//! and line), else its symbol table (`.symtab`, else `.dynsym`), else
-//! nothing (the caller shows `module+offset`). Not read: split DWARF
-//! (`.dwo`), separate debug files (`.gnu_debuglink`, `/usr/lib/debug`) and
-//! compressed debug sections: their addresses fall back to the symbol
-//! table.
+//! For an address: the loaded object that holds it (`dl_iterate_phdr`; the
+//! list is made again when no object holds an address, for a library opened
+//! since), its DWARF (inlined calls as frames of their own, innermost first,
+//! with file and line), else its symbol table (`.symtab`, else `.dynsym`;
+//! a name with no file or line), else nothing (the caller shows
+//! `module+offset`). An object's file is found by the path it was loaded
+//! from, else the file mapped at its address (`/proc/self/maps`), and for
+//! the program `/proc/self/exe`; a file is read only if its GNU build id is
+//! the one loaded, so a library replaced on disk since is never read for
+//! it. Not read: split DWARF (`.dwo`, `.dwp`), separate debug files
+//! (`.gnu_debuglink`, `/usr/lib/debug`) and compressed debug sections:
+//! their addresses fall back to the symbol table.
 
 use std::ffi::CStr;
 use std::path::PathBuf;
@@ -39,14 +44,18 @@ pub(super) struct Objects {
 
 /// A loaded object: where it is on disk and where it is in memory.
 struct Loaded {
-    /// `/proc/self/exe` for the program itself.
-    path: PathBuf,
+    /// Files that may hold it, best first (see `candidates`).
+    paths: Vec<PathBuf>,
     /// Load bias: an address in memory less `bias` is its address in the
     /// file's own numbering.
     bias: usize,
     /// Its `PT_LOAD` segments, in the file's numbering: `[start, end)`.
     segments: Vec<(usize, usize)>,
-    /// `None` until read; `Some(None)` if it could not be.
+    /// Its GNU build id as loaded (empty if it has none): a file is read
+    /// for it only if it has the same, so that a library replaced on disk
+    /// since it was loaded (a package upgrade) never lends it its names.
+    build_id: Vec<u8>,
+    /// `None` until read; `Some(None)` if no file could be.
     read: Option<Option<Debug>>,
 }
 
@@ -119,30 +128,30 @@ impl Drop for Mapping {
 impl Objects {
     /// The objects loaded now.
     pub(super) fn load() -> Objects {
-        let mut loaded: Vec<Loaded> = Vec::new();
+        /// What the callback gathers of one object.
+        struct Seen {
+            name: Vec<u8>,
+            bias: usize,
+            segments: Vec<(usize, usize)>,
+            build_id: Vec<u8>,
+        }
+        let mut seen: Vec<Seen> = Vec::new();
         unsafe extern "C" fn each(
             info: *mut libc::dl_phdr_info,
             _size: libc::size_t,
             data: *mut libc::c_void,
         ) -> libc::c_int {
-            // SAFETY: `data` is the `&mut Vec<Loaded>` passed below, alive
-            // and not otherwise borrowed during the call; `info` is valid
-            // for the callback's duration (dl_iterate_phdr(3)).
-            let (loaded, info) = unsafe { (&mut *data.cast::<Vec<Loaded>>(), &*info) };
-            let path = if info.dlpi_name.is_null() {
-                None
+            // SAFETY: `data` is the `&mut Vec<Seen>` passed below, alive and
+            // not otherwise borrowed during the call; `info` is valid for
+            // the callback's duration (dl_iterate_phdr(3)).
+            let (seen, info) = unsafe { (&mut *data.cast::<Vec<Seen>>(), &*info) };
+            let name = if info.dlpi_name.is_null() {
+                Vec::new()
             } else {
                 // SAFETY: a non-null `dlpi_name` is a C string.
-                Some(unsafe { CStr::from_ptr(info.dlpi_name) })
-            };
-            let path = match path.map(CStr::to_bytes) {
-                // The first object with no name is the program itself.
-                None | Some([]) if loaded.is_empty() => PathBuf::from("/proc/self/exe"),
-                None | Some([]) => return 0,
-                Some(bytes) => {
-                    use std::os::unix::ffi::OsStrExt;
-                    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
-                }
+                unsafe { CStr::from_ptr(info.dlpi_name) }
+                    .to_bytes()
+                    .to_vec()
             };
             let headers: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
                 &[]
@@ -150,39 +159,108 @@ impl Objects {
                 // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers.
                 unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
             };
-            let segments = headers
+            let bias = info.dlpi_addr as usize;
+            let loads: Vec<&libc::Elf64_Phdr> = headers
                 .iter()
                 .filter(|h| h.p_type == libc::PT_LOAD)
-                .map(|h| (h.p_vaddr as usize, (h.p_vaddr + h.p_memsz) as usize))
                 .collect();
-            loaded.push(Loaded {
-                path,
-                bias: info.dlpi_addr as usize,
-                segments,
-                read: None,
+            let build_id = headers
+                .iter()
+                .filter(|h| h.p_type == libc::PT_NOTE)
+                .filter(|n| {
+                    // Read only notes that a loaded segment maps from the file.
+                    loads.iter().any(|l| {
+                        n.p_vaddr >= l.p_vaddr
+                            && n.p_vaddr.saturating_add(n.p_filesz)
+                                <= l.p_vaddr.saturating_add(l.p_filesz)
+                    })
+                })
+                .find_map(|n| {
+                    // SAFETY: the note lies inside a loaded segment of an
+                    // object that stays loaded during the callback, so its
+                    // `p_filesz` bytes at `bias + p_vaddr` are mapped and
+                    // readable.
+                    let notes = unsafe {
+                        std::slice::from_raw_parts(
+                            bias.wrapping_add(n.p_vaddr as usize) as *const u8,
+                            n.p_filesz as usize,
+                        )
+                    };
+                    gnu_build_id(notes).map(<[u8]>::to_vec)
+                })
+                .unwrap_or_default();
+            seen.push(Seen {
+                name,
+                bias,
+                segments: loads
+                    .iter()
+                    .map(|h| (h.p_vaddr as usize, (h.p_vaddr + h.p_memsz) as usize))
+                    .collect(),
+                build_id,
             });
             0
         }
         // SAFETY: `each` matches the callback type and only uses `data` as
         // the `Vec` passed here, which outlives the call.
         unsafe {
-            libc::dl_iterate_phdr(Some(each), (&mut loaded as *mut Vec<Loaded>).cast());
+            libc::dl_iterate_phdr(Some(each), (&mut seen as *mut Vec<Seen>).cast());
         }
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let loaded = seen
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, o)| {
+                let start = o.bias.wrapping_add(o.segments.first()?.0);
+                let paths = candidates(i == 0, &o.name, mapped_file(&maps, start));
+                (!paths.is_empty()).then_some(Loaded {
+                    paths,
+                    bias: o.bias,
+                    segments: o.segments,
+                    build_id: o.build_id,
+                    read: None,
+                })
+            })
+            .collect();
         Objects { loaded }
+    }
+
+    /// The loaded object that holds `addr`, if any.
+    fn holding(&mut self, addr: usize) -> Option<&mut Loaded> {
+        self.loaded.iter_mut().find(|o| {
+            let a = addr.wrapping_sub(o.bias);
+            o.segments.iter().any(|&(s, e)| (s..e).contains(&a))
+        })
+    }
+
+    /// Loads the list of objects again (a library opened since), keeping
+    /// what was read of those still loaded.
+    fn refresh(&mut self) {
+        let mut fresh = Objects::load();
+        for obj in &mut fresh.loaded {
+            if let Some(old) = self.loaded.iter_mut().find(|o| {
+                o.bias == obj.bias && o.segments == obj.segments && o.build_id == obj.build_id
+            }) {
+                obj.read = old.read.take();
+            }
+        }
+        *self = fresh;
     }
 
     /// The frames at `addr` (an address inside the call, not the return
     /// address), innermost first; empty if no object or symbol knows it.
     pub(super) fn frames(&mut self, addr: usize) -> Vec<Frame> {
-        let Some(obj) = self.loaded.iter_mut().find(|o| {
-            let a = addr.wrapping_sub(o.bias);
-            o.segments.iter().any(|&(s, e)| (s..e).contains(&a))
-        }) else {
+        if self.holding(addr).is_none() {
+            self.refresh();
+        }
+        let Some(obj) = self.holding(addr) else {
             return Vec::new();
         };
         let probe = addr.wrapping_sub(obj.bias) as u64;
-        let path = &obj.path;
-        let Some(debug) = obj.read.get_or_insert_with(|| Debug::read(path)) else {
+        let (paths, build_id) = (&obj.paths, &obj.build_id);
+        let Some(debug) = obj
+            .read
+            .get_or_insert_with(|| paths.iter().find_map(|p| Debug::read(p, build_id)))
+        else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -208,16 +286,16 @@ impl Objects {
         }
         if out.iter().all(|f| f.function.is_empty()) {
             if let Some(name) = debug.symbol(probe) {
-                if out.is_empty() {
-                    out.push(Frame {
-                        function: String::new(),
-                        file: None,
-                        line: None,
-                    });
-                }
-                if let Some(first) = out.first_mut() {
-                    first.function = demangle(name);
-                }
+                // Only the symbol table names it: one frame, with no file
+                // or line (a line table without function entries, as in a
+                // skeleton unit of split DWARF, gives the innermost inlined
+                // call's line, which would pair one function's name with
+                // another's source).
+                return vec![Frame {
+                    function: demangle(name),
+                    file: None,
+                    line: None,
+                }];
             }
         }
         out
@@ -225,10 +303,15 @@ impl Objects {
 }
 
 impl Debug {
-    fn read(path: &std::path::Path) -> Option<Debug> {
+    /// Reads the file at `path`, if it is the object loaded with
+    /// `build_id` (any file, if that is empty).
+    fn read(path: &std::path::Path, build_id: &[u8]) -> Option<Debug> {
         let map = Mapping::open(path)?;
         let data = map.bytes();
         let file = object::File::parse(data).ok()?;
+        if !build_id.is_empty() && file.build_id().ok().flatten() != Some(build_id) {
+            return None;
+        }
         let endian = if file.is_little_endian() {
             RunTimeEndian::Little
         } else {
@@ -275,6 +358,74 @@ impl Debug {
     }
 }
 
+/// The files that may hold an object, best first: for the program itself
+/// (the first object, with no name) `/proc/self/exe`, which still reads the
+/// program deleted or replaced on disk; for a library the absolute path it
+/// was loaded from; then the file `/proc/self/maps` shows at its first
+/// segment (the program started through `ld.so`, whose `/proc/self/exe` is
+/// `ld.so`; a library opened by a relative path from another directory).
+fn candidates(program: bool, name: &[u8], mapped: Option<&str>) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut paths = Vec::new();
+    if name.is_empty() {
+        if !program {
+            return paths;
+        }
+        paths.push(PathBuf::from("/proc/self/exe"));
+    } else if name.starts_with(b"/") {
+        paths.push(PathBuf::from(std::ffi::OsStr::from_bytes(name)));
+    }
+    if let Some(m) = mapped {
+        if !paths.iter().any(|p| p.as_os_str() == m) {
+            paths.push(PathBuf::from(m));
+        }
+    }
+    if !name.is_empty() && !name.starts_with(b"/") {
+        paths.push(PathBuf::from(std::ffi::OsStr::from_bytes(name)));
+    }
+    paths
+}
+
+/// The file `/proc/self/maps` (its text in `maps`) shows mapped at `addr`:
+/// an absolute path, not one marked deleted.
+fn mapped_file(maps: &str, addr: usize) -> Option<&str> {
+    maps.lines().find_map(|line| {
+        let mut fields = line.splitn(6, ' ');
+        let (lo, hi) = fields.next()?.split_once('-')?;
+        let (lo, hi) = (
+            usize::from_str_radix(lo, 16).ok()?,
+            usize::from_str_radix(hi, 16).ok()?,
+        );
+        if !(lo..hi).contains(&addr) {
+            return None;
+        }
+        let path = fields.nth(4)?.trim_start();
+        (path.starts_with('/') && !path.ends_with(" (deleted)")).then_some(path)
+    })
+}
+
+/// The GNU build id in a run of ELF notes (`NT_GNU_BUILD_ID`, owner "GNU").
+fn gnu_build_id(mut notes: &[u8]) -> Option<&[u8]> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let word = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let pad = |n: usize| n.checked_add(3).map(|n| n & !3);
+    while notes.len() >= 12 {
+        let namesz = word(notes, 0)? as usize;
+        let descsz = word(notes, 4)? as usize;
+        let kind = word(notes, 8)?;
+        let name_end = 12usize.checked_add(pad(namesz)?)?;
+        let desc_end = name_end.checked_add(pad(descsz)?)?;
+        let name = notes.get(12..12 + namesz)?;
+        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" {
+            return notes.get(name_end..name_end + descsz);
+        }
+        notes = notes.get(desc_end..)?;
+    }
+    None
+}
+
 /// A Rust symbol demangled without its hash; any other name as it is.
 fn demangle(name: &str) -> String {
     match rustc_demangle::try_demangle(name) {
@@ -301,7 +452,19 @@ mod tests {
     #[test]
     fn agrees_with_the_backtrace_crate_on_the_program_itself() {
         let mut objects = Objects::load();
-        assert!(objects.loaded[0].path.ends_with("exe"));
+        assert_eq!(objects.loaded[0].paths[0], PathBuf::from("/proc/self/exe"));
+        // The program's build id, read from its loaded notes, is the one
+        // in its file (or the program has none and any file is taken).
+        let id = objects.loaded[0].build_id.clone();
+        assert!(Debug::read(&objects.loaded[0].paths[0], &id).is_some());
+        if !id.is_empty() {
+            let mut other = id.clone();
+            other[0] ^= 0xff;
+            assert!(
+                Debug::read(&objects.loaded[0].paths[0], &other).is_none(),
+                "a file with another build id is not read"
+            );
+        }
         let program = |addr: usize| {
             let o = &objects.loaded[0];
             let a = addr.wrapping_sub(o.bias);
@@ -338,6 +501,83 @@ mod tests {
             })
         });
         assert!(named);
+    }
+
+    #[test]
+    fn build_ids_are_found_among_notes() {
+        let mut notes = Vec::new();
+        let mut note = |name: &[u8], kind: u32, desc: &[u8]| {
+            notes.extend((name.len() as u32).to_ne_bytes());
+            notes.extend((desc.len() as u32).to_ne_bytes());
+            notes.extend(kind.to_ne_bytes());
+            notes.extend(name);
+            notes.resize(notes.len().next_multiple_of(4), 0);
+            notes.extend(desc);
+            notes.resize(notes.len().next_multiple_of(4), 0);
+        };
+        note(b"GNU\0", 1, &[0, 0, 0, 0, 3, 2, 0, 0]); // ABI tag
+        note(b"Go\0", 3, b"not this one");
+        note(b"GNU\0", 3, &[0xde, 0xad, 0xbe, 0xef, 1]);
+        assert_eq!(gnu_build_id(&notes), Some(&[0xde, 0xad, 0xbe, 0xef, 1][..]));
+        assert_eq!(gnu_build_id(&notes[..20]), None, "cut short");
+        assert_eq!(gnu_build_id(&[]), None);
+    }
+
+    #[test]
+    fn files_are_found_in_proc_self_maps() {
+        let maps = "\
+55d0a000-55d0b000 r--p 00000000 08:01 1234                       /usr/bin/prog
+55d0b000-55d0c000 r-xp 00001000 08:01 1234                       /usr/bin/prog
+7f00a000-7f00b000 r-xp 00000000 08:01 99                         /tmp/gone.so (deleted)
+7f00c000-7f00d000 rw-p 00000000 00:00 0 
+7ffd0000-7ffd1000 r-xp 00000000 00:00 0                          [vdso]
+";
+        assert_eq!(mapped_file(maps, 0x55d0b123), Some("/usr/bin/prog"));
+        assert_eq!(mapped_file(maps, 0x7f00a000), None, "deleted");
+        assert_eq!(mapped_file(maps, 0x7f00c000), None, "anonymous");
+        assert_eq!(mapped_file(maps, 0x7ffd0000), None, "not a file");
+        assert_eq!(mapped_file(maps, 0x1000), None);
+    }
+
+    #[test]
+    fn candidate_files_come_best_first() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            candidates(true, b"", Some("/usr/bin/prog")),
+            [p("/proc/self/exe"), p("/usr/bin/prog")]
+        );
+        assert_eq!(
+            candidates(false, b"/lib/libc.so.6", Some("/lib/libc.so.6")),
+            [p("/lib/libc.so.6")]
+        );
+        assert_eq!(
+            candidates(false, b"./libplug.so", Some("/work/libplug.so")),
+            [p("/work/libplug.so"), p("./libplug.so")]
+        );
+        assert!(candidates(false, b"", None).is_empty());
+    }
+
+    #[test]
+    fn a_library_opened_after_the_list_was_made_is_found() {
+        let mut objects = Objects::load();
+        // SAFETY: opens a system library by name (its initialisers are
+        // zlib's, which do nothing); the handle is closed below.
+        let handle = unsafe { libc::dlopen(c"libz.so.1".as_ptr(), libc::RTLD_NOW) };
+        if handle.is_null() {
+            eprintln!("libz.so.1 not installed: nothing to open");
+            return;
+        }
+        // SAFETY: `handle` is a live handle from `dlopen`.
+        let f = unsafe { libc::dlsym(handle, c"zlibVersion".as_ptr()) };
+        assert!(!f.is_null());
+        let frames = objects.frames(f as usize);
+        assert_eq!(
+            frames.first().map(|f| f.function.as_str()),
+            Some("zlibVersion"),
+            "{frames:?}"
+        );
+        // SAFETY: `handle` came from `dlopen`; nothing of it is used after.
+        unsafe { libc::dlclose(handle) };
     }
 
     #[test]
