@@ -275,6 +275,8 @@ fn main() -> ExitCode {
         .token(None)
         .history_interval(Duration::from_secs(1))
         .history_len(history_len)
+        // The window the retained history covers.
+        .leak_window(Duration::from_secs(history_len as u64))
         .serve()
     {
         Ok(s) => s,

@@ -15,7 +15,8 @@
 //! ([`Snapshot::callsites_omitted`], as the server's history does): there
 //! its figure is unknown and that point is left out of the callsite's fit
 //! (a callsite needs two known points at different instants to have a
-//! slope). With fewer than two points, or all points at the same instant,
+//! slope). With fewer than two points, or points spanning less than a
+//! tenth of the window (all at one instant, or a program's first seconds),
 //! there is no slope: the report says `enough_data: false` and every slope
 //! is zero.
 //!
@@ -157,8 +158,9 @@ pub struct LeakReport {
     pub span_ms: u64,
     /// Snapshots inside the window.
     pub points: usize,
-    /// Whether there were at least two points at distinct times (otherwise
-    /// every slope is zero and every severity `none`).
+    /// Whether there were at least two points at distinct times, spanning
+    /// at least a tenth of the window (otherwise every slope is zero and
+    /// every severity `none`).
     pub enough_data: bool,
     /// The thresholds used.
     pub thresholds: LeakThresholds,
@@ -220,7 +222,10 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
         (Some(a), Some(b)) => b.uptime_ms - a.uptime_ms,
         _ => 0,
     };
-    let enough_data = points.len() >= 2 && span_ms > 0;
+    // Points a few milliseconds apart give a slope, but not a rate worth
+    // grading (a program filling its first buffers read as thousands of
+    // MiB per minute): the points must span a tenth of the window.
+    let enough_data = points.len() >= 2 && span_ms > 0 && span_ms >= window_ms / 10;
     // x: minutes since the first point.
     let t0 = points.first().map_or(0, |s| s.uptime_ms);
     let xs: Vec<f64> = points
@@ -405,6 +410,15 @@ mod tests {
     }
 
     #[test]
+    fn points_spanning_less_than_a_tenth_of_the_window_are_not_enough() {
+        let start = [snap(1, 1000, 0, &[]), snap(2, 1020, 50 * MB, &[])];
+        assert!(!report(&start, 300).enough_data, "20 ms of a 5 min window");
+        assert_eq!(report(&start, 300).process.severity, Severity::None);
+        let later = [snap(1, 1000, 0, &[]), snap(2, 31_000, 50 * MB, &[])];
+        assert!(report(&later, 300).enough_data, "30 s of a 5 min window");
+    }
+
+    #[test]
     fn same_instant_is_not_enough() {
         let r = report(&[snap(1, 1000, 0, &[]), snap(2, 1000, 50 * MB, &[])], 300);
         assert_eq!(r.points, 2);
@@ -524,7 +538,7 @@ mod tests {
         assert_eq!(r.points, 7);
         assert_eq!(r.process.mb_per_min, 0.0);
         assert_eq!(r.process.severity, Severity::None);
-        let all = report(&snaps, 3600);
+        let all = report(&snaps, 2000);
         assert_eq!(all.points, 9);
         assert!(all.process.mb_per_min > 0.0);
     }

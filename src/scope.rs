@@ -156,6 +156,10 @@ pub struct GrowthReport {
     /// process-wide; only the verdict is this thread's.
     #[serde(default)]
     pub elsewhere_growing: Vec<CallsiteDelta>,
+    /// Whether callsites were sampled by bytes while the check ran (their
+    /// figures are estimates, and a small leak may have no sample).
+    #[serde(default)]
+    pub sampled: bool,
 }
 
 /// A closure whose live memory keeps growing, from [`GrowthCheck::run`].
@@ -169,8 +173,13 @@ impl GrowthReport {
             "live memory kept growing: +{} bytes over {} iterations ({} of them grew)",
             self.total_growth_bytes, self.iterations, self.growing_iterations
         );
-        if self.top_growing.is_empty() && self.elsewhere_growing.is_empty() {
-            s.push_str("; no callsite was sampled (try Sampling::All)");
+        if self.top_growing.is_empty() {
+            s.push_str(if self.sampled {
+                "; no growing callsite under the closure was sampled (try Sampling::All)"
+            } else {
+                "; no growing callsite under the closure was recorded (stacks deeper \
+                 than the capture depth?)"
+            });
         }
         let list = |s: &mut String, sites: &[CallsiteDelta]| {
             for c in sites {
@@ -214,6 +223,14 @@ fn is_function(frame_function: &str, closure: &str) -> bool {
                 false
             })
             .collect()
+    }
+    // `run(&mut f)`: the closure is `F`'s referent.
+    let mut closure = closure;
+    while let Some(rest) = closure
+        .strip_prefix("&mut ")
+        .or_else(|| closure.strip_prefix('&'))
+    {
+        closure = rest;
     }
     frame_function == closure || without_generics(frame_function) == without_generics(closure)
 }
@@ -263,8 +280,12 @@ impl GrowthCheck {
         for _ in 0..self.warmup {
             f();
         }
-        let base = crate::snapshot::snapshot();
+        // The two snapshots are heapwatch's own (built and dropped under
+        // the guard): held by the program, `base` was itself growth at the
+        // caller's callsite when `now` was taken.
+        // Allocated before `base`, so that it is not growth either.
         let mut per = Vec::with_capacity(self.iterations);
+        let base = crate::guard::untracked(crate::snapshot::snapshot);
         for _ in 0..self.iterations {
             let ((), s) = scope(|| {
                 if let Err(p) = catch_unwind(AssertUnwindSafe(&mut f)) {
@@ -273,7 +294,7 @@ impl GrowthCheck {
             });
             per.push(s.net_live_bytes);
         }
-        let now = crate::snapshot::snapshot();
+        let now = crate::guard::untracked(crate::snapshot::snapshot);
         let total: i64 = per.iter().sum();
         let growing = per.iter().filter(|&&b| b > 0).count();
         // The diff is process-wide: tell the callsites under `f` (one of
@@ -287,7 +308,10 @@ impl GrowthCheck {
             .partition(|c| c.frames.iter().any(|fr| is_function(&fr.function, closure)));
         top_growing.truncate(self.top);
         elsewhere_growing.truncate(self.top);
+        let sampled = now.sample_interval_bytes.is_some();
+        crate::guard::untracked(|| drop((base, now)));
         let report = GrowthReport {
+            sampled,
             iterations: self.iterations,
             growing_iterations: growing,
             total_growth_bytes: total,

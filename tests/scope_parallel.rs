@@ -18,6 +18,11 @@ fn leaky_function(store: &mut Vec<Vec<u8>>) {
 }
 
 #[inline(never)]
+fn small_leak(store: &mut Vec<Vec<u8>>) {
+    store.push(black_box(vec![0u8; 100]));
+}
+
+#[inline(never)]
 fn neighbours_leak(store: &mut Vec<Vec<u8>>) {
     store.push(black_box(vec![0u8; 20_000]));
 }
@@ -138,6 +143,20 @@ fn scope_is_per_thread_and_growth_check_finds_leaks() {
         head.contains("leaky_function") && tail.contains("neighbours_leak"),
         "{message}"
     );
+
+    // A small leak, checked through `&mut f`: the closure's own callsite
+    // is named, and only it (not the check's snapshots, not the test
+    // function's other blocks).
+    let mut small = Vec::new();
+    let mut leak_small = || small_leak(&mut small);
+    let err = GrowthCheck::new()
+        .run(&mut leak_small)
+        .expect_err("a leak of 100 bytes an iteration");
+    let mine = names(&err.0.top_growing);
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert!(mine[0].ends_with("small_leak"), "{mine:?}");
+    assert!(!err.0.sampled);
+    drop(small);
 
     // A cache that fills once during warm-up is not a leak.
     let mut cache: Option<Vec<u8>> = None;

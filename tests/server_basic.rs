@@ -140,6 +140,8 @@ fn routes_history_diff_and_shutdown() {
         .history_interval(Duration::from_millis(interval_ms))
         // 1,000 intervals: ids stay retained far longer than the test runs.
         .history_len(1000)
+        // 20 intervals: a verdict needs points spanning a tenth of it.
+        .leak_window(Duration::from_millis(interval_ms * 20))
         .serve()
         .expect("serve");
     let addr = server.local_addr();
@@ -269,7 +271,8 @@ fn routes_history_diff_and_shutdown() {
     // Leaks. Slopes need two points at distinct times; a fast build can
     // get here with two snapshots taken in the same millisecond, so wait
     // (bounded) for the history to span some time.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now()
+        + Duration::from_secs(10).max(Duration::from_millis(interval_ms * 10));
     let (r, l) = loop {
         let r = get(addr, "/heap/leaks");
         let l = r.json();
@@ -290,7 +293,7 @@ fn routes_history_diff_and_shutdown() {
     ] {
         assert!(l.get(key).is_some(), "/heap/leaks lacks {key}");
     }
-    assert_eq!(l["window_ms"], 300_000);
+    assert_eq!(l["window_ms"], interval_ms * 20);
     assert!(l["points"].as_u64().unwrap() >= 2);
     assert_eq!(l["enough_data"], true);
     assert!(l["budget"].get("level").is_some());
