@@ -207,6 +207,7 @@ fn bad_requests_get_json_errors() {
         ("/heap/history?x=1", &["x"]),
         ("/heap/diff?base=abc", &["base", "abc"]),
         ("/heap/diff?base=1&to=later", &["to", "later"]),
+        ("/heap/diff?base=5&to=2", &["to (2) is older than base (5)"]),
         ("/heap/leaks?top=many", &["top", "many"]),
         ("/metrics?token=abc", &["token"]),
         (

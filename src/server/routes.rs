@@ -383,6 +383,14 @@ async fn diff(state: &State, query: &HashMap<String, String>) -> Result<Resp, Ap
         None | Some("now") => None,
         Some(v) => Some(parse_id("to", v)?),
     };
+    // Ids grow with time: a `to` before `base` is a swapped query, whose
+    // "made between" figures would all be negative.
+    if let Some(to) = to_id.filter(|&to| to < base_id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("to ({to}) is older than base ({base_id}): swap them"),
+        ));
+    }
     state.ensure_history().await?;
     let lookup = |id: u64| {
         state.with_history(|h| {
