@@ -114,6 +114,12 @@ pub struct Snapshot {
 /// exact otherwise. Reallocations are counted as an allocation of the new
 /// size at the site that reallocated and a free of the old block at its
 /// site.
+///
+/// Exact at quiescence. A snapshot taken while other threads allocate and
+/// free reads each thread's recent counts one after another, not at one
+/// instant: a callsite whose blocks one thread allocates and another frees
+/// may then read a few more `frees` than `allocations` (its `live_*`
+/// figures are clamped at zero); the next snapshot settles it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Callsite {
