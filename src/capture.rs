@@ -5,7 +5,10 @@
 //! - a frame-pointer walk (~a few ns a frame), usable only when the build
 //!   keeps frame pointers (`-C force-frame-pointers=yes`). Every step is
 //!   checked against the thread's stack bounds, so a build without frame
-//!   pointers cannot make it read outside the stack;
+//!   pointers cannot make it read outside the stack. A function compiled
+//!   without them (in a C library, or a plugin built apart) keeps its
+//!   caller's frame pointer, so the walk goes from its callee straight to
+//!   its caller: that one function is missing from the stack;
 //! - a DWARF CFI walk with a process-wide cache of unwind rules (x86-64
 //!   Linux, [`cfi`]): works on any build, ~10-20 ns a frame once the cache
 //!   is warm. A stack it cannot unwind (a signal frame, code without CFI) is
