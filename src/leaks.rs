@@ -14,8 +14,8 @@
 //! live), unless that snapshot left callsites out
 //! ([`Snapshot::callsites_omitted`], as the server's history does): there
 //! its figure is unknown and that point is left out of the callsite's fit
-//! (a callsite needs two known points at different instants to have a
-//! slope). With fewer than two points, or points spanning less than a
+//! (a callsite needs known points spanning a tenth of the window, the last
+//! snapshot among them, to have a slope). With fewer than two points, or points spanning less than a
 //! tenth of the window (all at one instant, or a program's first seconds),
 //! there is no slope: the report says `enough_data: false` and every slope
 //! is zero.
@@ -261,13 +261,26 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
                 entry.2 = j;
             }
         }
+        // A callsite's own known points must span a tenth of the window,
+        // as the process's must.
+        let min_span = window_ms as f64 / 10.0 / 60_000.0;
         for (id, (known, si, ci)) in series {
+            // Unknown at the latest point (left out of it as smaller than
+            // what it kept): its rate now is not known either. Its known
+            // points would be only those from before it shrank, and their
+            // rise would read as a leak long after the memory was freed.
+            if known.last().is_some_and(Option::is_none) {
+                continue;
+            }
             let (xs, ys): (Vec<f64>, Vec<u64>) = xs
                 .iter()
                 .zip(&known)
                 .filter_map(|(&x, y)| Some((x, (*y)?)))
                 .unzip();
-            let spans = xs.first().zip(xs.last()).is_some_and(|(a, b)| b > a);
+            let spans = xs
+                .first()
+                .zip(xs.last())
+                .is_some_and(|(a, b)| b > a && b - a >= min_span);
             if !spans {
                 continue;
             }
@@ -509,6 +522,28 @@ mod tests {
             s.callsites_omitted = 1;
         }
         assert!(report(&one, 300).callsites.is_empty());
+
+        // A callsite that rose and was then freed, so that the truncated
+        // snapshots left it out again: its rise is not a leak now.
+        let mut ramp: Vec<Snapshot> = (0..6)
+            .map(|i| {
+                let t = i * 10_000;
+                snap(i + 1, t, 30 * MB + i * 15 * MB, &[("batch", i * 15 * MB)])
+            })
+            .collect();
+        ramp.extend((6..13).map(|i| snap(i + 1, i * 10_000, 30 * MB, &[("steady", 20 * MB)])));
+        for s in &mut ramp {
+            s.callsites_omitted = 3;
+        }
+        let r = report(&ramp, 300);
+        assert!(
+            r.callsites.iter().all(|c| c.id != "batch"),
+            "freed, yet graded from its rise: {:?}",
+            r.callsites
+                .iter()
+                .map(|c| (&c.id, c.mb_per_min, c.live_bytes))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

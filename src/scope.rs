@@ -95,13 +95,16 @@ pub fn scope<R>(f: impl FnOnce() -> R) -> (R, ScopeStats) {
 /// The verdict is this thread's alone, but callsite figures are
 /// process-wide, so the report sorts the growing callsites in two lists:
 /// [`top_growing`](GrowthReport::top_growing), those with the closure
-/// itself among their frames, and
+/// itself among their frames, called from the check, and
 /// [`elsewhere_growing`](GrowthReport::elsewhere_growing), the rest (other
 /// threads, such as tests running in parallel). A closure is known by its
-/// type's name, which is the function it is written in plus `{{closure}}`:
-/// another closure of that same function, running on another thread at the
-/// same time, lands in the first list too. A callsite whose captured stack
-/// stops short of the closure lands in the second.
+/// type's name, which is the function it is written in plus `{{closure}}`,
+/// and by a frame of the check below it (which tells it from a thread the
+/// same function spawned). So a closure checked by two threads of one test
+/// at once lands in both threads' first lists; a callsite whose captured
+/// stack stops short of the check's frames lands in the second; and a
+/// function pointer or a `dyn FnMut` (whose type names no function) names
+/// nothing in the first list: pass the closure or function itself.
 ///
 /// # Example
 ///
@@ -160,6 +163,15 @@ pub struct GrowthReport {
     /// figures are estimates, and a small leak may have no sample).
     #[serde(default)]
     pub sampled: bool,
+    /// Whether the checked callable's type names a function that frames
+    /// can show (false for a function pointer or a `dyn FnMut`, whose
+    /// callsites then all land in `elsewhere_growing`).
+    #[serde(default = "yes")]
+    pub nameable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A closure whose live memory keeps growing, from [`GrowthCheck::run`].
@@ -173,7 +185,11 @@ impl GrowthReport {
             "live memory kept growing: +{} bytes over {} iterations ({} of them grew)",
             self.total_growth_bytes, self.iterations, self.growing_iterations
         );
-        if self.top_growing.is_empty() {
+        if self.top_growing.is_empty() && !self.nameable {
+            s.push_str(
+                "; a function pointer or dyn FnMut names no callsite: pass the closure itself",
+            );
+        } else if self.top_growing.is_empty() {
             s.push_str(if self.sampled {
                 "; no growing callsite under the closure was sampled (try Sampling::All)"
             } else {
@@ -205,6 +221,32 @@ impl GrowthReport {
         }
         s
     }
+}
+
+/// Whether a stack is the checked closure's: one of its frames is
+/// `closure` and a frame of the check (`heapwatch::scope::…`) lies below
+/// it. A thread spawned from the same function runs a closure of the same
+/// name, but from the thread's entry, not from the check.
+fn under_check(frames: &[crate::Frame], closure: &str) -> bool {
+    frames
+        .iter()
+        .position(|f| is_function(&f.function, closure))
+        .is_some_and(|i| {
+            frames.iter().skip(i + 1).any(|f| {
+                f.function
+                    .trim_start_matches('<')
+                    .starts_with("heapwatch::scope::")
+            })
+        })
+}
+
+/// Whether `std::any::type_name` of a checked callable names a function
+/// its frames can show (not a function pointer, not a trait object).
+fn nameable(closure: &str) -> bool {
+    let c = closure
+        .trim_start_matches(['&', ' '])
+        .trim_start_matches("mut ");
+    !(c.starts_with("fn(") || c.starts_with("dyn ") || c.contains("dyn "))
 }
 
 /// Whether a symbolized frame's function is `closure`, a type name from
@@ -305,13 +347,14 @@ impl GrowthCheck {
             .callsites
             .into_iter()
             .filter(|c| c.live_bytes_delta > 0)
-            .partition(|c| c.frames.iter().any(|fr| is_function(&fr.function, closure)));
+            .partition(|c| under_check(&c.frames, closure));
         top_growing.truncate(self.top);
         elsewhere_growing.truncate(self.top);
         let sampled = now.sample_interval_bytes.is_some();
         crate::guard::untracked(|| drop((base, now)));
         let report = GrowthReport {
             sampled,
+            nameable: nameable(closure),
             iterations: self.iterations,
             growing_iterations: growing,
             total_growth_bytes: total,

@@ -147,16 +147,43 @@ fn scope_is_per_thread_and_growth_check_finds_leaks() {
     // A small leak, checked through `&mut f`: the closure's own callsite
     // is named, and only it (not the check's snapshots, not the test
     // function's other blocks).
+    // A thread this test function spawns runs a closure of the same name
+    // ("...::scope_is_per_thread_and_growth_check_finds_leaks::{{closure}}")
+    // and leaks meanwhile: it is elsewhere, not the checked closure's.
+    let sibling_stop = Arc::new(AtomicBool::new(false));
+    let sibling = {
+        let stop = Arc::clone(&sibling_stop);
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                kept.push(black_box(vec![7u8; 1000]));
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            kept.len()
+        })
+    };
     let mut small = Vec::new();
     let mut leak_small = || small_leak(&mut small);
     let err = GrowthCheck::new()
         .run(&mut leak_small)
         .expect_err("a leak of 100 bytes an iteration");
+    sibling_stop.store(true, Ordering::Relaxed);
+    assert!(sibling.join().unwrap() > 0);
     let mine = names(&err.0.top_growing);
     assert_eq!(mine.len(), 1, "{mine:?}");
     assert!(mine[0].ends_with("small_leak"), "{mine:?}");
     assert!(!err.0.sampled);
     drop(small);
+
+    // A function pointer names no callsite: the report says so.
+    let mut more = Vec::new();
+    let as_pointer: &mut dyn FnMut() = &mut || small_leak(&mut more);
+    let err = GrowthCheck::new()
+        .run(as_pointer)
+        .expect_err("a leak of 100 bytes an iteration");
+    assert!(err.0.top_growing.is_empty());
+    assert!(err.to_string().contains("pass the closure itself"), "{err}");
+    drop(more);
 
     // A cache that fills once during warm-up is not a leak.
     let mut cache: Option<Vec<u8>> = None;
