@@ -7,9 +7,10 @@
 //! program's live bytes fell by megabytes (clamped at zero) and a Refuse
 //! budget let the program hold 1.5x its size.
 
-use std::hint::black_box;
-
 use heapwatch::{Budget, Sampling, Tracker};
+
+mod common;
+use common::{keep_at_depth, signed_live as live};
 
 const BUDGET: u64 = 8 << 20;
 
@@ -18,27 +19,6 @@ static GLOBAL: Tracker<dhat::Alloc> = Tracker::new(dhat::Alloc)
     .with_budget(Budget::from_bytes(BUDGET))
     .with_sampling(Sampling::All);
 
-/// The program's live blocks and bytes, signed (a wrong count shows as the
-/// negative it is instead of clamping at zero).
-fn live() -> (i64, i64) {
-    let s = heapwatch::stats();
-    (
-        s.allocations.wrapping_sub(s.frees) as i64,
-        s.allocated_bytes.wrapping_sub(s.freed_bytes) as i64,
-    )
-}
-
-/// Distinct callsites, so that dhat's tables of stacks grow.
-#[inline(never)]
-fn at_depth(depth: usize, out: &mut Vec<Vec<u8>>) {
-    if depth == 0 {
-        out.push(black_box(vec![1u8; 1000]));
-    } else {
-        at_depth(depth - 1, out);
-        black_box(());
-    }
-}
-
 fn main() {
     drop(heapwatch::snapshot());
     let mut kept: Vec<Vec<u8>> = Vec::with_capacity(200);
@@ -46,7 +26,7 @@ fn main() {
 
     let profiler = dhat::Profiler::builder().testing().build();
     for depth in 0..200 {
-        at_depth(depth % 40, &mut kept);
+        keep_at_depth(depth % 40, 1000, &mut kept);
     }
     for _ in 0..3 {
         drop(heapwatch::snapshot());

@@ -13,20 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use heapwatch::{Sampling, Tracker};
 
+mod common;
+use common::keep_at_depth;
+
 #[global_allocator]
 static GLOBAL: Tracker<dhat::Alloc> = Tracker::new(dhat::Alloc).with_sampling(Sampling::All);
 
 static STOP: AtomicBool = AtomicBool::new(false);
-
-#[inline(never)]
-fn at_depth(depth: usize, out: &mut Vec<Vec<u8>>) {
-    if depth == 0 {
-        out.push(vec![1u8; 48]);
-    } else {
-        at_depth(depth - 1, out);
-        black_box(());
-    }
-}
 
 fn main() {
     if !cfg!(all(target_os = "linux", target_pointer_width = "64")) {
@@ -53,7 +46,7 @@ fn main() {
         .collect();
     let mut kept = Vec::new();
     for round in 0..30 {
-        at_depth(round, &mut kept);
+        keep_at_depth(round, 48, &mut kept);
         let s = heapwatch::snapshot();
         assert!(!s.callsites.is_empty());
     }

@@ -9,30 +9,12 @@ use std::sync::{Arc, Barrier};
 
 use heapwatch::{Sampling, Tracker};
 
+mod common;
+use common::{keep_at_depth, signed_live as live};
+
 #[global_allocator]
 static GLOBAL: Tracker<std::alloc::System> =
     Tracker::new(std::alloc::System).with_sampling(Sampling::All);
-
-/// A stack `depth` calls deep: each depth is a callsite of its own.
-#[inline(never)]
-fn keep_at_depth(depth: usize, out: &mut Vec<Vec<u8>>) {
-    if depth == 0 {
-        out.push(vec![0u8; 64]);
-    } else {
-        keep_at_depth(depth - 1, out);
-        std::hint::black_box(());
-    }
-}
-
-/// The program's live blocks and bytes (signed, so that a wrong count
-/// shows as the negative it is instead of clamping at zero).
-fn live() -> (i64, i64) {
-    let s = heapwatch::stats();
-    (
-        s.allocations.wrapping_sub(s.frees) as i64,
-        s.allocated_bytes.wrapping_sub(s.freed_bytes) as i64,
-    )
-}
 
 #[test]
 fn dropping_snapshots_built_at_once_leaves_the_program_figures_alone() {
@@ -41,7 +23,7 @@ fn dropping_snapshots_built_at_once_leaves_the_program_figures_alone() {
     drop(heapwatch::snapshot()); // the callsites that exist so far
     for round in 0..8 {
         for depth in 0..12 {
-            keep_at_depth(round * 12 + depth, &mut kept); // new callsites
+            keep_at_depth(round * 12 + depth, 64, &mut kept); // new callsites
         }
         let barrier = Arc::new(Barrier::new(THREADS));
         let mut threads = Vec::with_capacity(THREADS);

@@ -8,17 +8,12 @@
 
 use heapwatch::{Sampling, Tracker};
 
+mod common;
+use common::signed_live as live;
+
 #[global_allocator]
 static GLOBAL: Tracker<std::alloc::System> =
     Tracker::new(std::alloc::System).with_sampling(Sampling::All);
-
-fn live() -> (i64, i64) {
-    let s = heapwatch::stats();
-    (
-        s.allocations.wrapping_sub(s.frees) as i64,
-        s.allocated_bytes.wrapping_sub(s.freed_bytes) as i64,
-    )
-}
 
 #[inline(never)]
 fn keep() -> Vec<u8> {

@@ -7,6 +7,29 @@ use std::hint::black_box;
 
 use heapwatch::Stats;
 
+/// The program's live blocks and bytes (`allocations - frees`,
+/// `allocated_bytes - freed_bytes`), signed: a wrong count shows as the
+/// negative it is instead of clamping at zero as `Stats::live_*` do.
+pub fn signed_live() -> (i64, i64) {
+    let s = heapwatch::stats();
+    (
+        s.allocations.wrapping_sub(s.frees) as i64,
+        s.allocated_bytes.wrapping_sub(s.freed_bytes) as i64,
+    )
+}
+
+/// Keeps a block of `size` bytes allocated `depth` calls deep: each depth
+/// is a callsite of its own.
+#[inline(never)]
+pub fn keep_at_depth(depth: usize, size: usize, out: &mut Vec<Vec<u8>>) {
+    if depth == 0 {
+        out.push(black_box(vec![1u8; size]));
+    } else {
+        keep_at_depth(depth - 1, size, out);
+        black_box(());
+    }
+}
+
 /// Runs `f` and returns the change in the process-wide totals.
 pub fn delta(f: impl FnOnce()) -> Stats {
     let a = heapwatch::stats();
