@@ -15,10 +15,10 @@
 //! ([`Snapshot::callsites_omitted`], as the server's history does): there
 //! its figure is unknown and that point is left out of the callsite's fit
 //! (a callsite needs known points spanning a tenth of the window, the last
-//! snapshot among them, to have a slope). With fewer than two points, or points spanning less than a
-//! tenth of the window (all at one instant, or a program's first seconds),
-//! there is no slope: the report says `enough_data: false` and every slope
-//! is zero.
+//! snapshot among them, to have a slope). With fewer than two points, or
+//! points spanning less than a tenth of the window (all at one instant, or
+//! a program's first seconds), there is no slope: the report says
+//! `enough_data: false` and every slope is zero.
 //!
 //! A megabyte here is a mebibyte (2^20 bytes), as in [`Budget`](crate::Budget).
 

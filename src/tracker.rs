@@ -105,8 +105,8 @@ impl<A> Tracker<A> {
 
     /// Sets the memory budget. The environment variable
     /// `HEAPWATCH_MAX_MEMORY_MB` (whole mebibytes; `0` or `unlimited` for no
-    /// budget), when set and not empty, overrides this: it is read once, at the process's
-    /// first allocation (before `main`), without allocating.
+    /// budget), when set and not empty, overrides this: it is read once, at
+    /// the process's first allocation (before `main`), without allocating.
     /// [`set_budget`](crate::set_budget) overrides both at run time.
     #[must_use]
     pub const fn with_budget(mut self, budget: Budget) -> Tracker<A> {
