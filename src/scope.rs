@@ -240,18 +240,28 @@ fn under_check(frames: &[crate::Frame], closure: &str) -> bool {
         })
 }
 
-/// Whether `std::any::type_name` of a checked callable names a function
-/// its frames can show (not a function pointer, not a trait object).
+/// The callable a `std::any::type_name` names, references taken off:
+/// `run(&mut f)` checks `f`.
+fn referent(mut type_name: &str) -> &str {
+    while let Some(rest) = type_name
+        .strip_prefix("&mut ")
+        .or_else(|| type_name.strip_prefix('&'))
+    {
+        type_name = rest;
+    }
+    type_name
+}
+
+/// Whether a checked callable's type name (its [`referent`]) names a
+/// function its frames can show (not a function pointer, not a trait
+/// object).
 fn nameable(closure: &str) -> bool {
-    let c = closure
-        .trim_start_matches(['&', ' '])
-        .trim_start_matches("mut ");
-    !(c.starts_with("fn(") || c.starts_with("dyn ") || c.contains("dyn "))
+    !(closure.starts_with("fn(") || closure.contains("dyn "))
 }
 
 /// Whether a symbolized frame's function is `closure`, a type name from
-/// `std::any::type_name` (generic arguments aside, which symbol names may
-/// leave out).
+/// `std::any::type_name` taken to its [`referent`] (generic arguments
+/// aside, which symbol names may leave out).
 fn is_function(frame_function: &str, closure: &str) -> bool {
     fn without_generics(s: &str) -> String {
         let mut depth = 0usize;
@@ -265,14 +275,6 @@ fn is_function(frame_function: &str, closure: &str) -> bool {
                 false
             })
             .collect()
-    }
-    // `run(&mut f)`: the closure is `F`'s referent.
-    let mut closure = closure;
-    while let Some(rest) = closure
-        .strip_prefix("&mut ")
-        .or_else(|| closure.strip_prefix('&'))
-    {
-        closure = rest;
     }
     frame_function == closure || without_generics(frame_function) == without_generics(closure)
 }
@@ -341,7 +343,7 @@ impl GrowthCheck {
         let growing = per.iter().filter(|&&b| b > 0).count();
         // The diff is process-wide: tell the callsites under `f` (one of
         // their frames is `f` itself) from those of other threads.
-        let closure = std::any::type_name::<F>();
+        let closure = referent(std::any::type_name::<F>());
         let (mut top_growing, mut elsewhere_growing): (Vec<_>, Vec<_>) = now
             .diff(&base)
             .callsites

@@ -328,28 +328,22 @@ fn is_stack_base(f: &Frame) -> bool {
 /// allocation made by the standard library on its own), keeps the frames
 /// as they were minus heapwatch's own.
 fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
-    // The address whose frames reach the thread entry ends the stack; its
-    // frames inlined above the entry (the thread's closure) are kept.
-    let base = groups
-        .iter()
-        .position(|g| g.iter().any(is_stack_base))
-        .unwrap_or(groups.len());
-    let above_base = |k: usize, group: &Arc<[Frame]>| -> Vec<Frame> {
-        if k < base {
-            group.to_vec()
-        } else {
-            group
-                .iter()
-                .take_while(|f| !is_stack_base(f))
-                .cloned()
-                .collect()
+    // The stack down to the thread entry: the addresses above it, then the
+    // frames of the entry's own address inlined above it (the thread's
+    // closure).
+    let mut above: Vec<&[Frame]> = Vec::with_capacity(groups.len());
+    for group in groups {
+        match group.iter().position(is_stack_base) {
+            Some(entry) => {
+                above.push(&group[..entry]);
+                break;
+            }
+            None => above.push(group),
         }
-    };
-    let end = groups.len().min(base + 1);
-    let Some(first) = groups[..end]
+    }
+    let Some(first) = above
         .iter()
-        .enumerate()
-        .position(|(k, g)| above_base(k, g).iter().any(|f| !is_plumbing_frame(f)))
+        .position(|g| g.iter().any(|f| !is_plumbing_frame(f)))
     else {
         return groups
             .iter()
@@ -362,15 +356,11 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
             .collect();
     };
     let mut out = Vec::new();
-    for (k, group) in groups.iter().enumerate().skip(first).take(depth) {
-        if k > base {
-            break;
-        }
-        let frames = above_base(k, group);
-        if k == first {
-            out.extend(frames.into_iter().skip_while(is_plumbing_frame));
+    for (k, group) in above.iter().skip(first).take(depth).enumerate() {
+        if k == 0 {
+            out.extend(group.iter().skip_while(|f| is_plumbing_frame(f)).cloned());
         } else {
-            out.extend(frames);
+            out.extend(group.iter().cloned());
         }
     }
     out
