@@ -207,7 +207,6 @@ fn bad_requests_get_json_errors() {
         ("/heap/history?x=1", &["x"]),
         ("/heap/diff?base=abc", &["base", "abc"]),
         ("/heap/diff?base=1&to=later", &["to", "later"]),
-        ("/heap/diff?base=5&to=2", &["to (2) is older than base (5)"]),
         ("/heap/leaks?top=many", &["top", "many"]),
         ("/metrics?token=abc", &["token"]),
         (
@@ -220,6 +219,54 @@ fn bad_requests_get_json_errors() {
         assert_error(&r, 400, mentions);
         assert_good(addr, target);
     }
+    server.shutdown();
+}
+
+/// A swapped `/heap/diff` (`to` older than `base`) is a 400 naming both;
+/// an id that is not retained is a 404 naming it, even when the pair is
+/// also swapped.
+#[test]
+fn diff_ids_are_checked_retained_then_ordered() {
+    let server = ServerBuilder::new()
+        .addr("127.0.0.1:0")
+        .token(None)
+        .history_interval(Duration::from_millis(20))
+        .serve()
+        .expect("serve");
+    let addr = server.local_addr();
+    let mut ids = Vec::new();
+    for _ in 0..500 {
+        let r = get(addr, "/heap/history", "");
+        ids = body(&r)["snapshots"]
+            .as_array()
+            .expect("snapshots")
+            .iter()
+            .map(|s| s["id"].as_u64().expect("id"))
+            .collect::<Vec<u64>>();
+        if ids.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(ids.len() >= 2, "two history snapshots within 5 s: {ids:?}");
+    let (old, new) = (ids[0], ids[ids.len() - 1]);
+    assert!(old < new, "{ids:?}");
+
+    let r = get(addr, &format!("/heap/diff?base={new}&to={old}"), "");
+    assert_error(
+        &r,
+        400,
+        &[&format!("to ({old}) is older than base ({new})")],
+    );
+    let r = get(addr, &format!("/heap/diff?base={old}&to={new}"), "");
+    assert_eq!(status(&r), Some(200), "{r}");
+
+    let gone = u64::MAX - 1;
+    let r = get(addr, &format!("/heap/diff?base={gone}&to={old}"), "");
+    assert_error(&r, 404, &[&format!("snapshot {gone} is not retained")]);
+    let r = get(addr, &format!("/heap/diff?base={old}&to={gone}"), "");
+    assert_error(&r, 404, &[&format!("snapshot {gone} is not retained")]);
+    assert_good(addr, "diffs of ids not retained");
     server.shutdown();
 }
 

@@ -383,14 +383,6 @@ async fn diff(state: &State, query: &HashMap<String, String>) -> Result<Resp, Ap
         None | Some("now") => None,
         Some(v) => Some(parse_id("to", v)?),
     };
-    // Ids grow with time: a `to` before `base` is a swapped query, whose
-    // "made between" figures would all be negative.
-    if let Some(to) = to_id.filter(|&to| to < base_id) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("to ({to}) is older than base ({base_id}): swap them"),
-        ));
-    }
     state.ensure_history().await?;
     let lookup = |id: u64| {
         state.with_history(|h| {
@@ -406,6 +398,15 @@ async fn diff(state: &State, query: &HashMap<String, String>) -> Result<Resp, Ap
         })
     };
     let base = lookup(base_id)?;
+    // Ids grow with time: a `to` before `base` is a swapped query, whose
+    // "made between" figures would all be negative. Checked once `base` is
+    // found, so that an id that is not retained gets its 404 first.
+    if let Some(to) = to_id.filter(|&to| to < base_id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("to ({to}) is older than base ({base_id}): swap them"),
+        ));
+    }
     let to = match to_id {
         Some(id) => lookup(id)?,
         None => state.fresh(false).await?,
