@@ -18,7 +18,12 @@
 //! since), its DWARF (inlined calls as frames of their own, innermost first,
 //! with file and line), else its symbol table (`.symtab`, else `.dynsym`;
 //! a name with no file or line), else nothing (the caller shows
-//! `module+offset`). An object's file is found by the path it was loaded
+//! `module+offset`). DWARF made with `debug = "line-tables-only"` names
+//! functions without their path and has no entry at all for a function
+//! with nothing inlined into it: the function holding the address then
+//! takes its name from the symbol table, with DWARF's file and line, and
+//! heapwatch's own inlined functions get the prefix `heapwatch::`, so that
+//! callsites start at the user's frame as they do with full debug info. An object's file is found by the path it was loaded
 //! from, else the file mapped at its address (`/proc/self/maps`), and for
 //! the program `/proc/self/exe`; a file is read only if its GNU build id is
 //! the one loaded, so a library replaced on disk since is never read for
@@ -29,6 +34,7 @@
 use std::ffi::CStr;
 use std::path::PathBuf;
 
+use addr2line::{LookupContinuation, LookupResult};
 use gimli::{EndianSlice, RunTimeEndian};
 use object::{Object, ObjectSection, ObjectSymbol, ObjectSymbolTable};
 
@@ -264,14 +270,29 @@ impl Objects {
             return Vec::new();
         };
         let mut out = Vec::new();
+        // Whether the unit holding `probe` is a skeleton of split DWARF
+        // (which is not read): its line table then has no function entries
+        // to go with it.
+        let mut split = false;
         if let Some(ctx) = &debug.context {
-            if let Ok(mut iter) = ctx.find_frames(probe).skip_all_loads() {
+            let mut lookup = ctx.find_frames(probe);
+            let found = loop {
+                match lookup {
+                    LookupResult::Output(found) => break found,
+                    LookupResult::Load { continuation, .. } => {
+                        split = true;
+                        lookup = continuation.resume(None);
+                    }
+                }
+            };
+            if let Ok(mut iter) = found {
                 while let Ok(Some(frame)) = iter.next() {
+                    let raw_file = frame.location.as_ref().and_then(|l| l.file);
                     let function = frame
                         .function
                         .as_ref()
                         .and_then(|f| f.raw_name().ok())
-                        .map(|n| demangle(&n))
+                        .map(|n| own_path(demangle(&n), raw_file))
                         .unwrap_or_default();
                     let (file, line) = frame
                         .location
@@ -284,17 +305,35 @@ impl Objects {
                 }
             }
         }
+        // The last frame is the function that holds `probe`. DWARF made
+        // with `debug = "line-tables-only"` names it without its path
+        // (`reserve_exact<u8, …>`), which the symbol table has.
+        if let Some(last) = out.last_mut() {
+            if let Some(name) = debug.symbol_holding(probe) {
+                if let Some(full) = full_name(&last.function, name) {
+                    last.function = full;
+                }
+            }
+        }
         if out.iter().all(|f| f.function.is_empty()) {
             if let Some(name) = debug.symbol(probe) {
-                // Only the symbol table names it: one frame, with no file
-                // or line (a line table without function entries, as in a
-                // skeleton unit of split DWARF, gives the innermost inlined
+                // Only the symbol table names it: one frame. With the line
+                // DWARF found, if no function entry goes with it: DWARF made
+                // with `debug = "line-tables-only"` has function entries
+                // only for functions with calls inlined into them, so the
+                // line is this function's own. Else no file or line: a
+                // skeleton unit of split DWARF has no function entries at
+                // all, and its line table gives the innermost inlined
                 // call's line, which would pair one function's name with
-                // another's source).
+                // another's source.
+                let (file, line) = match out.as_mut_slice() {
+                    [only] if !split => (only.file.take(), only.line),
+                    _ => (None, None),
+                };
                 return vec![Frame {
                     function: demangle(name),
-                    file: None,
-                    line: None,
+                    file,
+                    line,
                 }];
             }
         }
@@ -355,6 +394,13 @@ impl Debug {
         let i = self.symbols.partition_point(|&(a, _, _)| a <= probe);
         let &(start, size, name) = self.symbols.get(i.checked_sub(1)?)?;
         (size == 0 || probe - start < size).then_some(name)
+    }
+
+    /// The symbol that holds `probe`, only if its size says so.
+    fn symbol_holding(&self, probe: u64) -> Option<&'static str> {
+        let i = self.symbols.partition_point(|&(a, _, _)| a <= probe);
+        let &(start, size, name) = self.symbols.get(i.checked_sub(1)?)?;
+        (probe - start < size).then_some(name)
     }
 }
 
@@ -424,6 +470,51 @@ fn gnu_build_id(mut notes: &[u8]) -> Option<&[u8]> {
         notes = notes.get(desc_end..)?;
     }
     None
+}
+
+/// A function name without its path (`alloc_slow<std::alloc::System>`,
+/// `{closure#0}`), as DWARF made with `debug = "line-tables-only"` has it.
+fn is_bare(function: &str) -> bool {
+    !function.is_empty()
+        && !function.starts_with('<')
+        && !function.split('<').next().unwrap_or("").contains("::")
+}
+
+/// Where heapwatch's own sources are, as its DWARF records them.
+const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+
+/// `function`, a frame's name as DWARF gives it, prefixed with
+/// `heapwatch::` if it is bare and the frame is in heapwatch's own sources
+/// (`raw_file`, the path DWARF records): heapwatch built with
+/// `debug = "line-tables-only"` names its inlined functions without their
+/// path, and its frames are told from the user's by that prefix.
+fn own_path(function: String, raw_file: Option<&str>) -> String {
+    if is_bare(&function) && raw_file.is_some_and(|f| f.starts_with(OWN_SOURCES)) {
+        format!("heapwatch::{function}")
+    } else {
+        function
+    }
+}
+
+/// The full name for a frame DWARF named bare (`function`), from `symbol`,
+/// the symbol of the function holding its address: its demangled name if
+/// that is a Rust path ending in the same function (`Vec<T,A>::reserve_exact`
+/// for `reserve_exact<u8, Global>`; a closure for `{closure#0}`). `None`
+/// keeps DWARF's name: already a path, a C function, or another name at the
+/// same address.
+fn full_name(function: &str, symbol: &str) -> Option<String> {
+    if !is_bare(function) {
+        return None;
+    }
+    let full = demangle(symbol);
+    let last = full.rsplit("::").next().unwrap_or("");
+    let ident = function.split('<').next().unwrap_or("");
+    let same = if ident.starts_with('{') {
+        last.starts_with('{')
+    } else {
+        last.split('<').next() == Some(ident)
+    };
+    (full.contains("::") && same).then_some(full)
 }
 
 /// A Rust symbol demangled without its hash; any other name as it is.
@@ -580,8 +671,182 @@ mod tests {
         unsafe { libc::dlclose(handle) };
     }
 
+    /// A library built with `-C debuginfo=line-tables-only` gets the same
+    /// names, files and lines as with full debug info: its DWARF has no
+    /// function entry for a function with nothing inlined into it, and one
+    /// named without its path for a function with inlined calls.
+    #[test]
+    fn line_tables_only_debug_info_gives_full_names_and_lines() {
+        const SOURCE: &str = "\
+pub mod fixture {
+    #[inline(never)]
+    pub fn plain(x: u64) -> u64 {
+        x ^ 0x5a5a
+    }
+
+    #[inline(always)]
+    fn inner(x: u64) -> u64 {
+        x ^ 0x1234
+    }
+
+    #[inline(never)]
+    pub fn outer(x: u64) -> u64 {
+        inner(x) ^ 7
+    }
+}
+
+#[no_mangle]
+pub extern \"C\" fn hwfix_plain() -> usize {
+    fixture::plain as *const () as usize
+}
+
+#[no_mangle]
+pub extern \"C\" fn hwfix_outer() -> usize {
+    fixture::outer as *const () as usize
+}
+";
+        let dir =
+            std::env::temp_dir().join(format!("heapwatch-lto-fixture-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("fixture.rs");
+        std::fs::write(&src, SOURCE).unwrap();
+        let lib = dir.join("libhwfix.so");
+        let built = std::process::Command::new(std::env::var("RUSTC").unwrap_or("rustc".into()))
+            .args([
+                "--edition=2021",
+                "--crate-type=cdylib",
+                "--crate-name=hwfix",
+            ])
+            .args([
+                "-C",
+                "debuginfo=line-tables-only",
+                "-C",
+                "opt-level=0",
+                "-o",
+            ])
+            .arg(&lib)
+            .arg(&src)
+            .status();
+        match built {
+            Ok(s) => assert!(s.success(), "rustc failed: {s}"),
+            Err(e) => {
+                eprintln!("rustc not found ({e}): nothing to build");
+                return;
+            }
+        }
+        let path = std::ffi::CString::new(lib.to_str().unwrap()).unwrap();
+        // SAFETY: opens the library just built, which has no initialisers;
+        // the handle is closed below.
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
+        assert!(!handle.is_null(), "dlopen {}", lib.display());
+        let address_of = |name: &CStr| {
+            // SAFETY: `handle` is live; each symbol is an `extern "C" fn()
+            // -> usize` of the fixture above.
+            let f = unsafe { libc::dlsym(handle, name.as_ptr()) };
+            assert!(!f.is_null(), "{name:?}");
+            // SAFETY: as above.
+            let f: extern "C" fn() -> usize = unsafe { std::mem::transmute(f) };
+            f()
+        };
+        let (plain, outer) = (address_of(c"hwfix_plain"), address_of(c"hwfix_outer"));
+        let mut objects = Objects::load();
+        let frames = objects.frames(plain + 1);
+        let outer_frames = objects.frames(outer + 1);
+        // SAFETY: `handle` came from `dlopen`; nothing of it is used after
+        // (the frames are owned strings).
+        unsafe { libc::dlclose(handle) };
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let line_of =
+            |needle: &str| SOURCE.lines().position(|l| l.contains(needle)).unwrap() as u32 + 1;
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0].function, "hwfix::fixture::plain");
+        assert!(
+            frames[0]
+                .file
+                .as_deref()
+                .is_some_and(|f| f.ends_with("fixture.rs")),
+            "{frames:?}"
+        );
+        assert_eq!(frames[0].line, Some(line_of("pub fn plain")), "{frames:?}");
+        let last = outer_frames.last().expect("frames for outer");
+        assert_eq!(last.function, "hwfix::fixture::outer", "{outer_frames:?}");
+        assert!(
+            last.file
+                .as_deref()
+                .is_some_and(|f| f.ends_with("fixture.rs")),
+            "{outer_frames:?}"
+        );
+        assert_eq!(last.line, Some(line_of("pub fn outer")), "{outer_frames:?}");
+    }
+
     #[test]
     fn an_address_in_no_object_has_no_frames() {
         assert!(Objects::load().frames(16).is_empty());
+    }
+
+    /// Names as DWARF made with `debug = "line-tables-only"` has them get
+    /// their path: from the symbol table for the function holding the
+    /// address, `heapwatch::` for heapwatch's inlined frames.
+    #[test]
+    fn bare_names_get_their_path() {
+        for bare in [
+            "record_sampled",
+            "alloc_slow<std::alloc::System>",
+            "{closure#0}",
+            "main",
+        ] {
+            assert!(is_bare(bare), "{bare}");
+        }
+        for full in [
+            "",
+            "t2::make",
+            "alloc::vec::Vec<T,A>::reserve_exact",
+            "<heapwatch::Tracker<A> as core::alloc::global::GlobalAlloc>::alloc",
+        ] {
+            assert!(!is_bare(full), "{full}");
+        }
+
+        let full = |f: &str, sym: &str| full_name(f, sym);
+        assert_eq!(
+            full(
+                "reserve_exact<u8, alloc::alloc::Global>",
+                "_ZN5alloc3vec16Vec$LT$T$C$A$GT$13reserve_exact17hb2ec1bd4bb18a967E"
+            )
+            .as_deref(),
+            Some("alloc::vec::Vec<T,A>::reserve_exact")
+        );
+        assert_eq!(
+            full(
+                "record_sampled",
+                "_ZN9heapwatch7tracker14record_sampled17h411a955764275a8dE"
+            )
+            .as_deref(),
+            Some("heapwatch::tracker::record_sampled")
+        );
+        assert_eq!(
+            full(
+                "{closure#0}",
+                "_ZN2t24main28_$u7b$$u7b$closure$u7d$$u7d$17hdb8291c50a8d1bb7E"
+            )
+            .as_deref(),
+            Some("t2::main::{{closure}}")
+        );
+        // Already a path; a C function; another function at the address.
+        assert_eq!(full("t2::make", "_ZN2t24make17hf89dcfd87e5d406dE"), None);
+        assert_eq!(full("malloc", "__libc_malloc"), None);
+        assert_eq!(full("make", "_ZN2t24main17h3d66d36912bcfb39E"), None);
+
+        let own = format!("{OWN_SOURCES}tracker.rs");
+        assert_eq!(
+            own_path("on_alloc".into(), Some(&own)),
+            "heapwatch::on_alloc"
+        );
+        assert_eq!(
+            own_path("heapwatch::tracker::on_alloc".into(), Some(&own)),
+            "heapwatch::tracker::on_alloc"
+        );
+        assert_eq!(own_path("make".into(), Some("/tmp/t2/src/main.rs")), "make");
+        assert_eq!(own_path("on_alloc".into(), None), "on_alloc");
     }
 }
