@@ -338,11 +338,13 @@ pub struct BudgetStatus {
     pub overages: u64,
     /// The level now.
     pub level: BudgetLevel,
-    /// Times the reservation rose to the warning threshold from below.
+    /// Times the reservation rose to the warning threshold from below
+    /// (by growing, or by the budget or thresholds being lowered under it).
     pub warning_crossings: u64,
-    /// Times the reservation rose to the critical threshold from below.
+    /// Times the reservation rose to the critical threshold from below
+    /// (likewise).
     pub critical_crossings: u64,
-    /// Times the reservation rose over the budget.
+    /// Times the reservation rose over the budget (likewise).
     pub exceeded_crossings: u64,
     /// `HEAPWATCH_MAX_MEMORY_MB` was set but could not be parsed (and was
     /// ignored).
@@ -435,6 +437,9 @@ pub fn set_budget_thresholds(thresholds: Thresholds) {
 }
 
 fn store_thresholds(thresholds: Thresholds) {
+    // The fields are public: a struct literal is clamped and ordered here
+    // as `Thresholds::new` does, so that what is reported is what applies.
+    let thresholds = Thresholds::new(thresholds.warning_percent, thresholds.critical_percent);
     WARN_PCT.store(thresholds.warning_percent, Relaxed);
     CRIT_PCT.store(thresholds.critical_percent, Relaxed);
     update_level(RESERVED.load(Relaxed));
@@ -539,9 +544,13 @@ pub struct BudgetWatch {
 }
 
 /// Calls `callback` on a background thread (`heapwatch-budget`) whenever the
-/// budget level changes or a threshold was crossed since the previous poll.
+/// budget level changes or a threshold was crossed since the previous poll
+/// (also when the level went down and back up between two polls).
 /// The callback never runs inside the allocator: it may allocate, log, shed
-/// load. Polls every `interval`; stop it by dropping the returned handle.
+/// load. Its allocations are the program's, but never refused: with the
+/// budget spent they are let through as `budget_overages`, so that a
+/// callback reacting to a full budget cannot abort the process. Polls every
+/// `interval`; stop it by dropping the returned handle.
 ///
 /// # Example
 ///
@@ -586,11 +595,16 @@ pub fn watch_budget(
             } else {
                 now.level
             };
-            if reached != last.level || now.level != last.level {
-                callback(BudgetEvent {
-                    previous: last.level,
-                    reached,
-                    status: now,
+            let crossed = now.exceeded_crossings > last.exceeded_crossings
+                || now.critical_crossings > last.critical_crossings
+                || now.warning_crossings > last.warning_crossings;
+            if crossed || now.level != last.level {
+                never_refused(|| {
+                    callback(BudgetEvent {
+                        previous: last.level,
+                        reached,
+                        status: now,
+                    });
                 });
             }
             last = now;
@@ -683,18 +697,38 @@ pub(crate) fn start_lease(shard: &Shard) {
     sync(shard, 0);
 }
 
-/// Admits an allocation of `size` bytes on `shard`: true if it may go ahead.
-/// Never allocates or panics. If the inner allocator then fails, call
-/// [`cancel`]; if it succeeds, count the block in the shard's counters.
+/// What [`admit`] decided.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Admission {
+    /// Refused: do not allocate.
+    Refused,
+    /// Covered by the shard's credit.
+    Covered,
+    /// Reserved from the pool: the peak is raised once the allocation
+    /// succeeded ([`allocated`]), or the reservation handed back if it
+    /// failed ([`cancel`]).
+    Reserved,
+}
+
+impl Admission {
+    /// Whether the allocation may go ahead.
+    pub(crate) fn admitted(self) -> bool {
+        self != Admission::Refused
+    }
+}
+
+/// Admits an allocation of `size` bytes on `shard`. Never allocates or
+/// panics. If the inner allocator then fails, call [`cancel`]; if it
+/// succeeds, [`allocated`] and count the block in the shard's counters.
 /// heapwatch's own blocks never come here: they are not charged to the
 /// budget.
 #[inline]
-pub(crate) fn admit(shard: &Shard, size: usize) -> bool {
+pub(crate) fn admit(shard: &Shard, size: usize) -> Admission {
     if shard.is_exclusive() {
         let credit = credit_now(shard);
         if credit >= size as i64 {
             sync(shard, credit);
-            return true;
+            return Admission::Covered;
         }
         admit_slow(shard, size as u64, credit)
     } else {
@@ -702,10 +736,27 @@ pub(crate) fn admit(shard: &Shard, size: usize) -> bool {
     }
 }
 
+/// After an admitted allocation succeeded: a reservation it made counts
+/// towards the peak. The peak is raised only now, not when reserving, so
+/// that an allocation the inner allocator fails (a `try_reserve` of more
+/// than the machine has) never shows in it.
+#[inline]
+pub(crate) fn allocated(admission: Admission) {
+    if admission == Admission::Reserved {
+        raise_peak();
+    }
+}
+
+/// Raises the peak to the reservation now, which covers every live block
+/// (the calling thread's new one included) and the credit threads hold.
+fn raise_peak() {
+    PEAK.fetch_max(RESERVED.load(Relaxed), Relaxed);
+}
+
 /// Reserves from the pool. `credit` is an exclusive shard's credit now.
 #[cold]
 #[inline(never)]
-fn admit_slow(shard: &Shard, size: u64, credit: i64) -> bool {
+fn admit_slow(shard: &Shard, size: u64, credit: i64) -> Admission {
     let (need, want) = if shard.is_exclusive() {
         let need = (size as i64).saturating_sub(credit).max(0) as u64;
         (need, need.saturating_add(CHUNK_BYTES))
@@ -741,7 +792,7 @@ fn admit_slow(shard: &Shard, size: u64, credit: i64) -> bool {
         // `const` thread-local only while some thread panics.
         Err(_) if REFUSE.load(Relaxed) && !std::thread::panicking() && !exempt() => {
             DENIALS.fetch_add(1, Relaxed);
-            return false;
+            return Admission::Refused;
         }
         Err(_) => {
             OVERAGES.fetch_add(1, Relaxed);
@@ -752,9 +803,8 @@ fn admit_slow(shard: &Shard, size: u64, credit: i64) -> bool {
     if shard.is_exclusive() {
         sync(shard, credit.wrapping_add(granted as i64));
     }
-    PEAK.fetch_max(now, Relaxed);
     update_level(now);
-    true
+    Admission::Reserved
 }
 
 /// The hook's fast-path admission of an allocation of `size` bytes on the
@@ -794,12 +844,21 @@ pub(crate) fn free_fits(shard: &Shard, freed: u64) -> bool {
     freed <= shard.free_limit.load(Relaxed)
 }
 
-/// Undoes [`admit`] for an allocation the inner allocator failed.
-#[inline(always)]
-pub(crate) fn cancel(shard: &Shard, size: usize) {
-    if !shard.is_exclusive() {
-        unreserve(size as u64);
+/// Undoes [`admit`] for an allocation of `size` bytes the inner allocator
+/// failed: the shared shard gives the bytes back to the pool; a leased
+/// shard keeps at most `CHUNK_BYTES` of the credit it was granted for it
+/// and hands back the rest, so that a failed allocation of many bytes
+/// leaves neither the reservation (which other threads' allocations are
+/// refused against) nor the peak raised by them.
+pub(crate) fn cancel(shard: &Shard, size: usize, admission: Admission) {
+    if shard.is_exclusive() {
+        settle(shard, credit_now(shard));
+    } else {
+        give_back(size as u64);
     }
+    // What the shard keeps, the fast path may allocate without another
+    // reservation: like any grant, it counts towards the peak.
+    allocated(admission);
 }
 
 /// Settles the budget after a program free (or shrinking reallocation) of
@@ -879,7 +938,7 @@ pub(crate) fn return_all_credit(shard: &Shard) {
     let c = credit_now(shard);
     sync(shard, 0);
     if c > 0 {
-        unreserve(c as u64);
+        give_back(c as u64);
     } else if c < 0 {
         RESERVED.fetch_add(c.unsigned_abs(), Relaxed);
     }

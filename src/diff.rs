@@ -126,6 +126,10 @@ impl Snapshot {
     /// }
     /// ```
     pub fn diff(&self, base: &Snapshot) -> SnapshotDiff {
+        crate::budget::never_refused(|| self.diff_of(base))
+    }
+
+    fn diff_of(&self, base: &Snapshot) -> SnapshotDiff {
         let base_by_id: std::collections::HashMap<&str, &Callsite> =
             base.callsites.iter().map(|c| (c.id.as_str(), c)).collect();
         let mut seen = std::collections::HashSet::new();

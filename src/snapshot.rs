@@ -446,8 +446,11 @@ impl Snapshot {
     /// [`Error::Io`] naming the file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         let path = path.as_ref();
-        let json = serde_json::to_vec_pretty(self).map_err(Error::InvalidSnapshot)?;
-        std::fs::write(path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        crate::budget::never_refused(|| {
+            let json = serde_json::to_vec_pretty(self).map_err(Error::InvalidSnapshot)?;
+            std::fs::write(path, json)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        })
     }
 }
 

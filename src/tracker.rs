@@ -10,7 +10,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicU8, Ordering::*};
 
-use crate::budget::{self, Budget, Policy, Thresholds};
+use crate::budget::{self, Admission, Budget, Policy, Thresholds};
 use crate::callsites::{self, Record};
 use crate::capture::Unwinder;
 use crate::counters::{self, Shard};
@@ -525,7 +525,12 @@ impl<A: GlobalAlloc> Tracker<A> {
             rec.as_ref().is_some_and(Record::is_inner_own) || (guard::in_inner() && rec.is_none());
         // heapwatch's own blocks are not charged to the budget.
         let guarded = guard::is_active() || inner_own;
-        if growth > 0 && !guarded && !budget::admit(shard, growth) {
+        let admission = if growth > 0 && !guarded {
+            budget::admit(shard, growth)
+        } else {
+            Admission::Covered
+        };
+        if !admission.admitted() {
             if let Some(rec) = rec {
                 callsites::put_back(ptr as usize, rec);
             }
@@ -543,10 +548,11 @@ impl<A: GlobalAlloc> Tracker<A> {
                 callsites::put_back(ptr as usize, rec);
             }
             if growth > 0 && !guarded {
-                budget::cancel(shard, growth);
+                budget::cancel(shard, growth, admission);
             }
             return p;
         }
+        budget::allocated(admission);
         if let Some(rec) = rec.filter(|r| !r.is_inner_own()) {
             callsites::record_free(shard, &rec);
         }
@@ -600,7 +606,8 @@ impl<A: GlobalAlloc> Tracker<A> {
             }
             return p;
         }
-        if !budget::admit(shard, size) {
+        let admission = budget::admit(shard, size);
+        if !admission.admitted() {
             return std::ptr::null_mut();
         }
         let p = {
@@ -609,8 +616,9 @@ impl<A: GlobalAlloc> Tracker<A> {
             unsafe { self.inner_alloc(layout, zeroed) }
         };
         if p.is_null() {
-            budget::cancel(shard, size);
+            budget::cancel(shard, size, admission);
         } else {
+            budget::allocated(admission);
             on_alloc(shard, p, size);
         }
         p

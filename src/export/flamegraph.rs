@@ -147,6 +147,10 @@ impl Snapshot {
     /// }
     /// ```
     pub fn to_flamegraph_svg(&self) -> Result<String, Error> {
+        crate::budget::never_refused(|| self.flamegraph_svg())
+    }
+
+    fn flamegraph_svg(&self) -> Result<String, Error> {
         let lines = folded_lines(self);
         if lines.is_empty() {
             return Ok(empty_svg(self));

@@ -356,6 +356,10 @@ impl Snapshot {
     /// }
     /// ```
     pub fn to_pprof(&self, kind: PprofKind) -> Vec<u8> {
+        crate::budget::never_refused(|| self.pprof_bytes(kind))
+    }
+
+    fn pprof_bytes(&self, kind: PprofKind) -> Vec<u8> {
         let profile = self.pprof_profile(kind);
         let raw = profile.encode_to_vec();
         // The fastest level, as Go's runtime/pprof writes its profiles:

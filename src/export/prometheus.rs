@@ -114,6 +114,10 @@ fn level_value(level: BudgetLevel) -> u8 {
 /// assert!(text.contains("# TYPE heapwatch_live_bytes gauge\n"));
 /// ```
 pub fn render_prometheus(snapshot: &Snapshot, budget: &BudgetStatus, out: &mut String) {
+    crate::budget::never_refused(|| render(snapshot, budget, out));
+}
+
+fn render(snapshot: &Snapshot, budget: &BudgetStatus, out: &mut String) {
     use Kind::{Counter, Gauge};
     let t = &snapshot.totals;
     let u = &snapshot.unattributed;
@@ -333,9 +337,11 @@ impl Snapshot {
     /// }
     /// ```
     pub fn to_prometheus(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        render_prometheus(self, &crate::budget::budget_status(), &mut out);
-        out
+        crate::budget::never_refused(|| {
+            let mut out = String::with_capacity(4096);
+            render(self, &crate::budget::budget_status(), &mut out);
+            out
+        })
     }
 }
 

@@ -1,0 +1,155 @@
+//! What polling (`budget_status`) and watching (`watch_budget`) the budget
+//! report: the level that applies, every crossing, and a callback that may
+//! allocate with the budget spent.
+
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use heapwatch::{Budget, BudgetEvent, BudgetLevel, Thresholds, Tracker};
+
+#[global_allocator]
+static GLOBAL: Tracker<std::alloc::System> =
+    Tracker::new(std::alloc::System).with_budget(Budget::from_mb(100));
+
+const MIB: usize = 1 << 20;
+
+fn percent_reserved() -> f64 {
+    let s = heapwatch::budget_status();
+    s.reserved_bytes as f64 * 100.0 / s.budget.bytes().expect("a budget") as f64
+}
+
+/// Waits up to 5 s for `done`.
+fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}
+
+/// The credit an exiting thread hands back lowers the level.
+fn a_thread_exiting_lowers_the_level() {
+    let held = vec![1u8; 200 << 10];
+    let (go, wait) = mpsc::channel::<()>();
+    let (ready, is_ready) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        // Allocating and freeing leaves the thread holding credit.
+        drop(vec![1u8; 100 << 10]);
+        ready.send(()).unwrap();
+        wait.recv().unwrap();
+    });
+    is_ready.recv().unwrap();
+    let reserved = heapwatch::budget_status().reserved_bytes;
+    heapwatch::set_budget(Budget::from_bytes(reserved * 100 / 81));
+    assert_eq!(heapwatch::budget_status().level, BudgetLevel::Warning);
+    go.send(()).unwrap();
+    worker.join().unwrap();
+    let pct = percent_reserved();
+    assert!(
+        pct < 79.0,
+        "the worker's credit went back: {pct:.1}% reserved"
+    );
+    assert_eq!(
+        heapwatch::budget_status().level,
+        BudgetLevel::Normal,
+        "{pct:.1}% reserved"
+    );
+    drop(held);
+    heapwatch::set_budget(Budget::from_mb(100));
+}
+
+/// Thresholds written as a struct literal are clamped and ordered, and
+/// what is reported is what applies.
+fn threshold_literals_apply_as_reported() {
+    heapwatch::set_budget_thresholds(Thresholds {
+        warning_percent: 90,
+        critical_percent: 70,
+    });
+    assert_eq!(
+        heapwatch::budget_status().thresholds,
+        Thresholds::new(70, 90)
+    );
+    let held = vec![1u8; 75 * MIB];
+    assert_eq!(heapwatch::budget_status().level, BudgetLevel::Warning);
+    drop(held);
+    heapwatch::set_budget_thresholds(Thresholds {
+        warning_percent: 0,
+        critical_percent: 250,
+    });
+    assert_eq!(
+        heapwatch::budget_status().thresholds,
+        Thresholds::new(1, 100)
+    );
+    heapwatch::set_budget_thresholds(Thresholds::DEFAULT);
+}
+
+/// Leaving the warning level and coming back between two polls is reported.
+fn a_crossing_between_polls_is_reported() {
+    let held = vec![1u8; 85 * MIB];
+    assert_eq!(heapwatch::budget_status().level, BudgetLevel::Warning);
+    let events: Arc<Mutex<Vec<BudgetEvent>>> = Arc::default();
+    let seen = Arc::clone(&events);
+    let watch = heapwatch::watch_budget(Duration::from_millis(300), move |e| {
+        seen.lock().unwrap().push(e);
+    });
+    drop(held);
+    let held = vec![1u8; 85 * MIB];
+    assert!(
+        wait_for(|| !events.lock().unwrap().is_empty()),
+        "no event for a warning crossed again between two polls"
+    );
+    drop(watch);
+    let e = events.lock().unwrap()[0];
+    assert_eq!(
+        (e.previous, e.reached),
+        (BudgetLevel::Warning, BudgetLevel::Warning)
+    );
+    drop(held);
+}
+
+/// A callback reacting to a spent budget may allocate: it is let through,
+/// not refused into an abort.
+fn a_callback_may_allocate_with_the_budget_spent() {
+    let ran: Arc<Mutex<Option<usize>>> = Arc::default();
+    let ran2 = Arc::clone(&ran);
+    let watch = heapwatch::watch_budget(Duration::from_millis(20), move |e| {
+        if e.reached >= BudgetLevel::Critical {
+            // More than the watcher thread's credit: the pool is asked.
+            let scratch: Vec<u64> = Vec::with_capacity(64 << 10);
+            let report = format!("{:?} at {} bytes", e.reached, e.status.reserved_bytes);
+            *ran2.lock().unwrap() = Some(scratch.capacity() + report.len());
+        }
+    });
+    let overages = heapwatch::budget_status().overages;
+    // Filled to within 4 KiB of the budget.
+    let mut filled: Vec<Vec<u8>> = Vec::with_capacity(4096);
+    for size in [MIB, 64 << 10, 4 << 10] {
+        loop {
+            let mut block = Vec::new();
+            if block.try_reserve_exact(size).is_err() {
+                break;
+            }
+            filled.push(block);
+        }
+    }
+    assert!(
+        wait_for(|| ran.lock().unwrap().is_some()),
+        "the callback never ran at the critical level"
+    );
+    drop(watch);
+    assert!(heapwatch::budget_status().overages > overages);
+    drop(filled);
+}
+
+// `harness = false` (Cargo.toml): the assertions read process-wide
+// figures, which libtest's own threads would move.
+fn main() {
+    a_thread_exiting_lowers_the_level();
+    threshold_literals_apply_as_reported();
+    a_crossing_between_polls_is_reported();
+    a_callback_may_allocate_with_the_budget_spent();
+    println!("budget_watch: ok");
+}
