@@ -496,6 +496,11 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                // Finished connections, served or refused, are taken out
+                // of the set here, at every accept: refused ones finish
+                // while every slot is taken, when nothing else is accepted,
+                // and would pile up.
+                while conns.try_join_next().is_some() {}
                 let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                     // Over the limit: answer at once, then close gently
                     // while that costs no more than the limit again.
@@ -519,7 +524,6 @@ async fn accept_loop(
                     conn.await;
                     drop(permit);
                 });
-                while conns.try_join_next().is_some() {}
             }
         }
     }
