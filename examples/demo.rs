@@ -40,11 +40,11 @@ struct Options {
     history_secs: u64,
 }
 
+const USAGE: &str = "usage: demo [--port N] [--leak] [--leak-mb-per-min X] [--workers N] [--seconds N] [--history-secs N]";
+
 fn usage(problem: &str) -> ! {
     eprintln!("demo: {problem}");
-    eprintln!(
-        "usage: demo [--port N] [--leak] [--leak-mb-per-min X] [--workers N] [--seconds N] [--history-secs N]"
-    );
+    eprintln!("{USAGE}");
     std::process::exit(2);
 }
 
@@ -96,7 +96,10 @@ fn parse_options() -> Options {
                     .parse()
                     .unwrap_or_else(|_| usage("bad --history-secs"))
             }
-            "-h" | "--help" => usage("help"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             other => usage(&format!("unknown argument {other:?}")),
         }
     }

@@ -31,7 +31,8 @@
 //!                     untracked_allocations, untracked_bytes,
 //!                     lock_contentions, inner_blocks_untracked },
 //!   "tables": { callsite_capacity, callsites_used,
-//!               live_sample_capacity, live_samples_used },
+//!               live_sample_capacity, live_samples_used,
+//!               symbol_cache_entries, shard_overflows },
 //!   "allocator": { "name": "jemalloc", "allocated": .., "active": ..,
 //!                  "resident": .., "mapped": .., "retained": .. } | null,
 //!   "process": { "pid": 1234, "rss_bytes": 12345678 }

@@ -332,10 +332,12 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
     // frames of the entry's own address inlined above it (the thread's
     // closure).
     let mut above: Vec<&[Frame]> = Vec::with_capacity(groups.len());
+    let mut at_base = false;
     for group in groups {
         match group.iter().position(is_stack_base) {
             Some(entry) => {
                 above.push(&group[..entry]);
+                at_base = true;
                 break;
             }
             None => above.push(group),
@@ -361,6 +363,14 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
             out.extend(group.iter().skip_while(|f| is_plumbing_frame(f)).cloned());
         } else {
             out.extend(group.iter().cloned());
+        }
+    }
+    // Kept down to the thread entry: the standard library's frames just
+    // above it (`FnOnce::call_once`, which calls `main` or a thread's `fn`)
+    // go too, so that the last frame is `main` or the thread's closure.
+    if at_base && first + depth >= above.len() {
+        while out.last().is_some_and(is_plumbing_frame) {
+            out.pop();
         }
     }
     out
@@ -508,12 +518,24 @@ mod tests {
             one("__libc_start_main", None),
             one("_start", None),
         ];
+        assert_eq!(names(trim(&main, 16)), ["app::load", "app::main"]);
+        // Cut at the depth before the entry: the frames above the cut stay
+        // as they are, standard library's included.
+        let deep = vec![
+            one("__rust_alloc", None),
+            one("app::load", Some("src/main.rs")),
+            one(
+                "core::iter::traits::iterator::Iterator::for_each",
+                Some("library/core/src/iter/traits/iterator.rs"),
+            ),
+            one("app::main", Some("src/main.rs")),
+            one(entry, Some("library/std/src/sys/backtrace.rs")),
+        ];
         assert_eq!(
-            names(trim(&main, 16)),
+            names(trim(&deep, 2)),
             [
                 "app::load",
-                "app::main",
-                "core::ops::function::FnOnce::call_once"
+                "core::iter::traits::iterator::Iterator::for_each"
             ]
         );
         // The depth still counts addresses from the first user frame.
