@@ -130,8 +130,9 @@ impl FromStr for Budget {
     /// Parses `"unlimited"` (or `"none"`, `"off"`), or a number with an
     /// optional unit: `B`, `K`/`KB`/`KiB`, `M`/`MB`/`MiB`, `G`/`GB`/`GiB`,
     /// `T`/`TB`/`TiB` (all binary, case-insensitive). A number without a
-    /// unit is bytes. Fractions are allowed (`"1.5GiB"`). `"0"` is a budget
-    /// of zero bytes, which refuses every allocation (unlike
+    /// unit is bytes. Fractions are allowed with a unit larger than a byte
+    /// (`"1.5GiB"`). `"0"` is a budget of zero bytes, which refuses every
+    /// allocation past the credit threads hold (unlike
     /// `HEAPWATCH_MAX_MEMORY_MB=0`, which means unlimited, as `maxMemoryMB`
     /// settings usually do).
     fn from_str(s: &str) -> Result<Budget, Error> {
@@ -149,6 +150,11 @@ impl FromStr for Budget {
         }
         if lower.starts_with('-') {
             return Err(err("a budget cannot be negative"));
+        }
+        if !lower.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+            return Err(err(
+                "expected a number, then an optional unit (such as 512MiB)",
+            ));
         }
         let split = lower
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -180,6 +186,9 @@ impl FromStr for Budget {
             };
         }
         let value: f64 = num.parse().map_err(|_| err("not a number"))?;
+        if shift == 0 {
+            return Err(err("a fraction of a byte (add a unit: 0.5MiB)"));
+        }
         let bytes = value * (1u64 << shift) as f64;
         if !bytes.is_finite() || bytes >= UNLIMITED as f64 {
             return Err(err("too large"));
@@ -279,8 +288,9 @@ pub enum BudgetLevel {
     Warning = 1,
     /// At or above the critical threshold (95% by default).
     Critical = 2,
-    /// Over the budget (possible only with [`Policy::Warn`], or after the
-    /// budget was lowered below what is live).
+    /// The reservation (live bytes plus the credit threads hold) over the
+    /// budget: possible only with [`Policy::Warn`], or after the budget was
+    /// lowered below the reservation.
     Exceeded = 3,
 }
 
@@ -385,8 +395,10 @@ pub(crate) fn status() -> BudgetStatus {
 }
 
 /// Sets the budget at run time. Takes effect for the next allocation that
-/// draws credit. Lowering it below what is live refuses (or, with
-/// [`Policy::Warn`], reports) further growth; it frees nothing.
+/// draws credit: each thread may still allocate the credit it holds (at
+/// most `2 × CHUNK_BYTES`, 128 KiB). Lowering it below the reservation
+/// refuses (or, with [`Policy::Warn`], reports) further growth past that
+/// credit; it frees nothing.
 ///
 /// # Example
 ///
@@ -549,8 +561,9 @@ pub struct BudgetWatch {
 /// The callback never runs inside the allocator: it may allocate, log, shed
 /// load. Its allocations are the program's, but never refused: with the
 /// budget spent they are let through as `budget_overages`, so that a
-/// callback reacting to a full budget cannot abort the process. Polls every
-/// `interval`; stop it by dropping the returned handle.
+/// callback reacting to a full budget cannot abort the process. A callback
+/// that panics is reported by the panic hook and called again for the next
+/// event. Polls every `interval`; stop it by dropping the returned handle.
 ///
 /// # Example
 ///
@@ -599,12 +612,15 @@ pub fn watch_budget(
                 || now.critical_crossings > last.critical_crossings
                 || now.warning_crossings > last.warning_crossings;
             if crossed || now.level != last.level {
-                never_refused(|| {
-                    callback(BudgetEvent {
-                        previous: last.level,
-                        reached,
-                        status: now,
-                    });
+                let event = BudgetEvent {
+                    previous: last.level,
+                    reached,
+                    status: now,
+                };
+                // A panicking callback is reported by the panic hook, and
+                // the watcher goes on with the next poll.
+                let _ = never_refused(|| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event)))
                 });
             }
             last = now;
@@ -1094,6 +1110,10 @@ mod tests {
             ("1e3", "unknown unit \"e3\""),
             ("1,000", "unknown unit \",000\""),
             ("12 parsecs", "unknown unit \"parsecs\""),
+            ("0.4", "a fraction of a byte"),
+            ("1.5B", "a fraction of a byte"),
+            ("+5MB", "expected a number"),
+            ("0xFF", "unknown unit \"xff\""),
         ] {
             let e = bad.parse::<Budget>().unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");

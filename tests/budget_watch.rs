@@ -144,6 +144,34 @@ fn a_callback_may_allocate_with_the_budget_spent() {
     drop(filled);
 }
 
+/// A callback that panics is called again for the next event.
+fn a_panicking_callback_is_called_again() {
+    let calls: Arc<Mutex<Vec<BudgetLevel>>> = Arc::default();
+    let seen = Arc::clone(&calls);
+    let watch = heapwatch::watch_budget(Duration::from_millis(20), move |e| {
+        let first = {
+            let mut calls = seen.lock().unwrap();
+            calls.push(e.status.level);
+            calls.len() == 1
+        };
+        assert!(!first, "the first event panics the callback (as intended)");
+    });
+    let held = vec![1u8; MIB];
+    heapwatch::set_budget(Budget::from_bytes(1));
+    assert!(wait_for(|| calls.lock().unwrap().len() == 1));
+    heapwatch::set_budget(Budget::from_mb(100));
+    assert!(
+        wait_for(|| calls.lock().unwrap().len() == 2),
+        "no call after the callback panicked"
+    );
+    drop(watch);
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [BudgetLevel::Exceeded, BudgetLevel::Normal]
+    );
+    drop(held);
+}
+
 // `harness = false` (Cargo.toml): the assertions read process-wide
 // figures, which libtest's own threads would move.
 fn main() {
@@ -151,5 +179,6 @@ fn main() {
     threshold_literals_apply_as_reported();
     a_crossing_between_polls_is_reported();
     a_callback_may_allocate_with_the_budget_spent();
+    a_panicking_callback_is_called_again();
     println!("budget_watch: ok");
 }
