@@ -310,6 +310,12 @@ static REFUSE: AtomicBool = AtomicBool::new(true);
 static WARN_PCT: AtomicU8 = AtomicU8::new(80);
 static CRIT_PCT: AtomicU8 = AtomicU8::new(95);
 static RESERVED: AtomicU64 = AtomicU64::new(0);
+/// `RESERVED` less the reservations of allocations still in the inner
+/// allocator: what the peak is the highest value of. A grant is added here
+/// only once its allocation succeeded, so that one the inner allocator
+/// fails (a `try_reserve` of more than the machine has) never shows in the
+/// peak, whatever other threads do meanwhile.
+static COMMITTED: AtomicU64 = AtomicU64::new(0);
 static PEAK: AtomicU64 = AtomicU64::new(0);
 static DENIALS: AtomicU64 = AtomicU64::new(0);
 static OVERAGES: AtomicU64 = AtomicU64::new(0);
@@ -340,7 +346,8 @@ pub struct BudgetStatus {
     /// hold. Always at least the program's live bytes (heapwatch's own are
     /// not charged to the budget).
     pub reserved_bytes: u64,
-    /// The highest reservation so far.
+    /// The highest reservation so far, counting allocations once they
+    /// succeeded (one the inner allocator fails never shows in it).
     pub peak_bytes: u64,
     /// Allocations refused (policy `Refuse`).
     pub denials: u64,
@@ -720,10 +727,10 @@ pub(crate) enum Admission {
     Refused,
     /// Covered by the shard's credit.
     Covered,
-    /// Reserved from the pool: the peak is raised once the allocation
-    /// succeeded ([`allocated`]), or the reservation handed back if it
-    /// failed ([`cancel`]).
-    Reserved,
+    /// This many bytes reserved from the pool: committed (and the peak
+    /// raised) once the allocation succeeded ([`allocated`]), handed back
+    /// if it failed ([`cancel`]).
+    Reserved(u64),
 }
 
 impl Admission {
@@ -752,21 +759,21 @@ pub(crate) fn admit(shard: &Shard, size: usize) -> Admission {
     }
 }
 
-/// After an admitted allocation succeeded: a reservation it made counts
-/// towards the peak. The peak is raised only now, not when reserving, so
-/// that an allocation the inner allocator fails (a `try_reserve` of more
-/// than the machine has) never shows in it.
+/// After an admitted allocation succeeded: a reservation it made is
+/// committed, and counts towards the peak.
 #[inline]
 pub(crate) fn allocated(admission: Admission) {
-    if admission == Admission::Reserved {
-        raise_peak();
+    if let Admission::Reserved(granted) = admission {
+        commit(granted);
     }
 }
 
-/// Raises the peak to the reservation now, which covers every live block
-/// (the calling thread's new one included) and the credit threads hold.
-fn raise_peak() {
-    PEAK.fetch_max(RESERVED.load(Relaxed), Relaxed);
+/// Adds `bytes` to the committed reservation and raises the peak to it:
+/// it covers every live block (the calling thread's new one included) and
+/// the credit threads hold.
+fn commit(bytes: u64) {
+    let now = COMMITTED.fetch_add(bytes, Relaxed).wrapping_add(bytes);
+    PEAK.fetch_max(now, Relaxed);
 }
 
 /// Reserves from the pool. `credit` is an exclusive shard's credit now.
@@ -820,7 +827,7 @@ fn admit_slow(shard: &Shard, size: u64, credit: i64) -> Admission {
         sync(shard, credit.wrapping_add(granted as i64));
     }
     update_level(now);
-    Admission::Reserved
+    Admission::Reserved(granted)
 }
 
 /// The hook's fast-path admission of an allocation of `size` bytes on the
@@ -860,21 +867,21 @@ pub(crate) fn free_fits(shard: &Shard, freed: u64) -> bool {
     freed <= shard.free_limit.load(Relaxed)
 }
 
-/// Undoes [`admit`] for an allocation of `size` bytes the inner allocator
-/// failed: the shared shard gives the bytes back to the pool; a leased
-/// shard keeps at most `CHUNK_BYTES` of the credit it was granted for it
-/// and hands back the rest, so that a failed allocation of many bytes
-/// leaves neither the reservation (which other threads' allocations are
-/// refused against) nor the peak raised by them.
-pub(crate) fn cancel(shard: &Shard, size: usize, admission: Admission) {
+/// Undoes [`admit`] for an allocation the inner allocator failed: what it
+/// reserved from the pool goes back, never committed, and the shard's
+/// credit is what it was before. A failed allocation of many bytes leaves
+/// neither the reservation (which other threads' allocations are refused
+/// against) nor the peak raised by them.
+pub(crate) fn cancel(shard: &Shard, admission: Admission) {
+    let Admission::Reserved(granted) = admission else {
+        return;
+    };
     if shard.is_exclusive() {
-        settle(shard, credit_now(shard));
-    } else {
-        give_back(size as u64);
+        // No allocation of this thread's came between `admit` and here:
+        // its credit now is the granted bytes on top of what it had.
+        sync(shard, credit_now(shard).wrapping_sub(granted as i64));
     }
-    // What the shard keeps, the fast path may allocate without another
-    // reservation: like any grant, it counts towards the peak.
-    allocated(admission);
+    update_level(unreserve(granted));
 }
 
 /// Settles the budget after a program free (or shrinking reallocation) of
@@ -901,9 +908,10 @@ fn settle(shard: &Shard, credit: i64) {
     }
 }
 
-/// Returns `bytes` to the pool (the reservation) and updates the budget
-/// level.
+/// Returns `bytes` of committed reservation to the pool and updates the
+/// budget level.
 fn give_back(bytes: u64) {
+    let _ = COMMITTED.fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_sub(bytes)));
     update_level(unreserve(bytes));
 }
 
@@ -957,6 +965,7 @@ pub(crate) fn return_all_credit(shard: &Shard) {
         give_back(c as u64);
     } else if c < 0 {
         RESERVED.fetch_add(c.unsigned_abs(), Relaxed);
+        commit(c.unsigned_abs());
     }
 }
 

@@ -400,8 +400,8 @@ pub(crate) fn lease_overflows() -> u64 {
 ///   [`Budget`](crate::Budget)). It is never below the true peak and at most
 ///   `threads holding credit × 2 × 64 KiB` above it (128 KiB for a
 ///   single-threaded program). An allocation the inner allocator fails (a
-///   `try_reserve` of more than the machine has) does not count: the peak
-///   is raised after an allocation succeeded, to the reservation then.
+///   `try_reserve` of more than the machine has) never counts: a
+///   reservation enters the peak only once its allocation succeeded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Stats {

@@ -548,7 +548,7 @@ impl<A: GlobalAlloc> Tracker<A> {
                 callsites::put_back(ptr as usize, rec);
             }
             if growth > 0 && !guarded {
-                budget::cancel(shard, growth, admission);
+                budget::cancel(shard, admission);
             }
             return p;
         }
@@ -616,7 +616,7 @@ impl<A: GlobalAlloc> Tracker<A> {
             unsafe { self.inner_alloc(layout, zeroed) }
         };
         if p.is_null() {
-            budget::cancel(shard, size, admission);
+            budget::cancel(shard, admission);
         } else {
             budget::allocated(admission);
             on_alloc(shard, p, size);

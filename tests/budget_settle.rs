@@ -101,6 +101,34 @@ fn failed_allocations_leave_no_trace() {
     );
     assert_eq!(heapwatch::stats().budget_denials, denials);
     drop(v);
+
+    // 3. Failing allocations on one thread while another allocates: the
+    //    peak never takes in the reservations of the failing ones, though
+    //    they are in the pool while the inner allocator works.
+    heapwatch::set_budget(Budget::UNLIMITED);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failing = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut failed = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(Vec::<u8>::new().try_reserve_exact(4 << 30).is_err());
+                failed += 1;
+            }
+            failed
+        })
+    };
+    for _ in 0..20_000 {
+        std::hint::black_box(vec![1u8; 1 << 20]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failed = failing.join().unwrap();
+    let peak = heapwatch::stats().peak_bytes;
+    assert!(failed > 0);
+    assert!(
+        peak < 601 * MIB + peak_before,
+        "peak {peak} B after {failed} failed 4 GiB allocations on another thread"
+    );
 }
 
 // `harness = false` (Cargo.toml): the assertions read process-wide
