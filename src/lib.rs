@@ -84,7 +84,8 @@
 //! # Symbols
 //!
 //! Function names and lines need debug info: `[profile.release] debug = 1`
-//! (`"line-tables-only"` gives the same frames on 64-bit Linux).
+//! (`"line-tables-only"` gives the same callsites and lines on 64-bit Linux,
+//! with inlined functions named without their module path).
 //! Stacks are walked with frame pointers when the build keeps them
 //! (`RUSTFLAGS="-C force-frame-pointers=yes"`), else, on x86-64 Linux,
 //! with cached DWARF CFI rules, else with the `backtrace` crate (see

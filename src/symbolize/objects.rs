@@ -34,7 +34,6 @@
 use std::ffi::CStr;
 use std::path::PathBuf;
 
-use addr2line::{LookupContinuation, LookupResult};
 use gimli::{EndianSlice, RunTimeEndian};
 use object::{Object, ObjectSection, ObjectSymbol, ObjectSymbolTable};
 
@@ -46,6 +45,9 @@ type Reader = EndianSlice<'static, RunTimeEndian>;
 /// looked up.
 pub(super) struct Objects {
     loaded: Vec<Loaded>,
+    /// Where heapwatch's own sources are as its DWARF records them (see
+    /// [`Objects::own_sources`]); `None` until looked up.
+    own_sources: Option<Option<String>>,
 }
 
 /// A loaded object: where it is on disk and where it is in memory.
@@ -227,7 +229,10 @@ impl Objects {
                 })
             })
             .collect();
-        Objects { loaded }
+        Objects {
+            loaded,
+            own_sources: None,
+        }
     }
 
     /// The loaded object that holds `addr`, if any.
@@ -242,6 +247,7 @@ impl Objects {
     /// what was read of those still loaded.
     fn refresh(&mut self) {
         let mut fresh = Objects::load();
+        fresh.own_sources = self.own_sources.take();
         for obj in &mut fresh.loaded {
             if let Some(old) = self.loaded.iter_mut().find(|o| {
                 o.bias == obj.bias && o.segments == obj.segments && o.build_id == obj.build_id
@@ -252,12 +258,39 @@ impl Objects {
         *self = fresh;
     }
 
+    /// The directory of heapwatch's own sources as its DWARF records them
+    /// (`…/src/`): the file DWARF gives for a function of this file, less
+    /// this file's path in the crate. Read from DWARF rather than taken
+    /// from the build (`CARGO_MANIFEST_DIR`), so that it holds with paths
+    /// remapped (`--remap-path-prefix`). `None` without DWARF.
+    fn own_sources(&mut self) -> Option<String> {
+        if let Some(known) = &self.own_sources {
+            return known.clone();
+        }
+        let probe_addr = own_sources_marker as *const () as usize + 1;
+        let found = self.holding(probe_addr).and_then(|obj| {
+            let probe = probe_addr.wrapping_sub(obj.bias) as u64;
+            let (paths, build_id) = (&obj.paths, &obj.build_id);
+            let debug = obj
+                .read
+                .get_or_insert_with(|| paths.iter().find_map(|p| Debug::read(p, build_id)))
+                .as_ref()?;
+            let location = debug.context.as_ref()?.find_location(probe).ok()??;
+            let file = location.file?;
+            file.strip_suffix("symbolize/objects.rs")
+                .map(str::to_string)
+        });
+        self.own_sources = Some(found.clone());
+        found
+    }
+
     /// The frames at `addr` (an address inside the call, not the return
     /// address), innermost first; empty if no object or symbol knows it.
     pub(super) fn frames(&mut self, addr: usize) -> Vec<Frame> {
         if self.holding(addr).is_none() {
             self.refresh();
         }
+        let own = self.own_sources();
         let Some(obj) = self.holding(addr) else {
             return Vec::new();
         };
@@ -270,29 +303,15 @@ impl Objects {
             return Vec::new();
         };
         let mut out = Vec::new();
-        // Whether the unit holding `probe` is a skeleton of split DWARF
-        // (which is not read): its line table then has no function entries
-        // to go with it.
-        let mut split = false;
         if let Some(ctx) = &debug.context {
-            let mut lookup = ctx.find_frames(probe);
-            let found = loop {
-                match lookup {
-                    LookupResult::Output(found) => break found,
-                    LookupResult::Load { continuation, .. } => {
-                        split = true;
-                        lookup = continuation.resume(None);
-                    }
-                }
-            };
-            if let Ok(mut iter) = found {
+            if let Ok(mut iter) = ctx.find_frames(probe).skip_all_loads() {
                 while let Ok(Some(frame)) = iter.next() {
                     let raw_file = frame.location.as_ref().and_then(|l| l.file);
                     let function = frame
                         .function
                         .as_ref()
                         .and_then(|f| f.raw_name().ok())
-                        .map(|n| own_path(demangle(&n), raw_file))
+                        .map(|n| crate_path(demangle(&n), raw_file, own.as_deref()))
                         .unwrap_or_default();
                     let (file, line) = frame
                         .location
@@ -326,8 +345,9 @@ impl Objects {
                 // all, and its line table gives the innermost inlined
                 // call's line, which would pair one function's name with
                 // another's source.
+                let skeleton = || debug.context.as_ref().is_none_or(|c| in_skeleton(c, probe));
                 let (file, line) = match out.as_mut_slice() {
-                    [only] if !split => (only.file.take(), only.line),
+                    [only] if !skeleton() => (only.file.take(), only.line),
                     _ => (None, None),
                 };
                 return vec![Frame {
@@ -472,6 +492,16 @@ fn gnu_build_id(mut notes: &[u8]) -> Option<&[u8]> {
     None
 }
 
+/// Whether the unit that holds `probe` is a skeleton unit of split DWARF
+/// (it names a `.dwo` file, which is not read): its line table has no
+/// function entries to go with it. Every lookup in such a unit, not only
+/// the first, which alone asks for the `.dwo` file to be loaded.
+fn in_skeleton(ctx: &addr2line::Context<Reader>, probe: u64) -> bool {
+    ctx.find_dwarf_and_unit(probe)
+        .skip_all_loads()
+        .is_some_and(|unit| unit.unit.dwo_id.is_some())
+}
+
 /// A function name without its path (`alloc_slow<std::alloc::System>`,
 /// `{closure#0}`), as DWARF made with `debug = "line-tables-only"` has it.
 fn is_bare(function: &str) -> bool {
@@ -480,20 +510,55 @@ fn is_bare(function: &str) -> bool {
         && !function.split('<').next().unwrap_or("").contains("::")
 }
 
-/// Where heapwatch's own sources are, as its DWARF records them.
-const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+/// A function of this file whose address [`Objects::own_sources`] looks
+/// up: never inlined, so its address is its own.
+#[inline(never)]
+fn own_sources_marker() -> u64 {
+    std::hint::black_box(0x6877)
+}
 
-/// `function`, a frame's name as DWARF gives it, prefixed with
-/// `heapwatch::` if it is bare and the frame is in heapwatch's own sources
-/// (`raw_file`, the path DWARF records): heapwatch built with
-/// `debug = "line-tables-only"` names its inlined functions without their
-/// path, and its frames are told from the user's by that prefix.
-fn own_path(function: String, raw_file: Option<&str>) -> String {
-    if is_bare(&function) && raw_file.is_some_and(|f| f.starts_with(OWN_SOURCES)) {
-        format!("heapwatch::{function}")
-    } else {
-        function
+/// `function`, a frame's name as DWARF gives it, with its crate in front
+/// if it is bare and the crate can be told from `raw_file` (the path DWARF
+/// records): `heapwatch::` in heapwatch's own sources (`own`, see
+/// [`Objects::own_sources`]), `name::` in a crate downloaded by cargo
+/// (`…/registry/src/<index>/name-1.2.3/`) or vendored into the standard
+/// library (`/rust/deps/name-1.2.3/`). Code built with `debug =
+/// "line-tables-only"` names its inlined functions without their path, and
+/// callsites are trimmed of heapwatch's frames and the allocation
+/// plumbing (`hashbrown::`) by that prefix. The program's own inlined
+/// functions keep their bare names.
+fn crate_path(function: String, raw_file: Option<&str>, own: Option<&str>) -> String {
+    let Some(file) = raw_file.filter(|_| is_bare(&function)) else {
+        return function;
+    };
+    if own.is_some_and(|own| file.starts_with(own)) {
+        return format!("heapwatch::{function}");
     }
+    match crate_of(file) {
+        Some(krate) => format!("{krate}::{function}"),
+        None => function,
+    }
+}
+
+/// The crate a source file belongs to, if its path says: a crate cargo
+/// downloaded, or one vendored into the standard library. Dashes become
+/// underscores, as in the crate's paths.
+fn crate_of(file: &str) -> Option<String> {
+    let dir = if let Some(i) = file.find("/registry/src/") {
+        // Past the index directory (`index.crates.io-…/`).
+        file[i + "/registry/src/".len()..].split('/').nth(1)?
+    } else if let Some(rest) = file.strip_prefix("/rust/deps/") {
+        rest.split('/').next()?
+    } else {
+        return None;
+    };
+    // `name-1.2.3` (`tikv-jemalloc-sys-0.7.1+5.3.1`): the name is what
+    // comes before the first dash that a digit follows.
+    let at = dir
+        .match_indices('-')
+        .find(|&(i, _)| dir[i + 1..].starts_with(|c: char| c.is_ascii_digit()))?
+        .0;
+    Some(dir[..at].replace('-', "_")).filter(|n| !n.is_empty())
 }
 
 /// The full name for a frame DWARF named bare (`function`), from `symbol`,
@@ -671,13 +736,9 @@ mod tests {
         unsafe { libc::dlclose(handle) };
     }
 
-    /// A library built with `-C debuginfo=line-tables-only` gets the same
-    /// names, files and lines as with full debug info: its DWARF has no
-    /// function entry for a function with nothing inlined into it, and one
-    /// named without its path for a function with inlined calls.
-    #[test]
-    fn line_tables_only_debug_info_gives_full_names_and_lines() {
-        const SOURCE: &str = "\
+    /// The fixture library's source: `plain` has nothing inlined into it,
+    /// `outer` has `inner` inlined.
+    const FIXTURE: &str = "\
 pub mod fixture {
     #[inline(never)]
     pub fn plain(x: u64) -> u64 {
@@ -705,11 +766,21 @@ pub extern \"C\" fn hwfix_outer() -> usize {
     fixture::outer as *const () as usize
 }
 ";
+
+    /// [`FIXTURE`] built by `rustc` with `flags` (at `-C opt-level=0`) and
+    /// opened: the frames `look` gets from the addresses of `plain` and
+    /// `outer`, with the library still loaded. `None` if there is no
+    /// `rustc` to build it with.
+    fn with_fixture<T>(
+        tag: &str,
+        flags: &[&str],
+        look: impl FnOnce(&mut Objects, usize, usize) -> T,
+    ) -> Option<T> {
         let dir =
-            std::env::temp_dir().join(format!("heapwatch-lto-fixture-{}", std::process::id()));
+            std::env::temp_dir().join(format!("heapwatch-fixture-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let src = dir.join("fixture.rs");
-        std::fs::write(&src, SOURCE).unwrap();
+        std::fs::write(&src, FIXTURE).unwrap();
         let lib = dir.join("libhwfix.so");
         let built = std::process::Command::new(std::env::var("RUSTC").unwrap_or("rustc".into()))
             .args([
@@ -717,21 +788,19 @@ pub extern \"C\" fn hwfix_outer() -> usize {
                 "--crate-type=cdylib",
                 "--crate-name=hwfix",
             ])
-            .args([
-                "-C",
-                "debuginfo=line-tables-only",
-                "-C",
-                "opt-level=0",
-                "-o",
-            ])
+            .args(["-C", "opt-level=0"])
+            .args(flags)
+            .arg("-o")
             .arg(&lib)
             .arg(&src)
+            .current_dir(&dir)
             .status();
         match built {
             Ok(s) => assert!(s.success(), "rustc failed: {s}"),
             Err(e) => {
                 eprintln!("rustc not found ({e}): nothing to build");
-                return;
+                let _ = std::fs::remove_dir_all(&dir);
+                return None;
             }
         }
         let path = std::ffi::CString::new(lib.to_str().unwrap()).unwrap();
@@ -741,7 +810,7 @@ pub extern \"C\" fn hwfix_outer() -> usize {
         assert!(!handle.is_null(), "dlopen {}", lib.display());
         let address_of = |name: &CStr| {
             // SAFETY: `handle` is live; each symbol is an `extern "C" fn()
-            // -> usize` of the fixture above.
+            // -> usize` of the fixture.
             let f = unsafe { libc::dlsym(handle, name.as_ptr()) };
             assert!(!f.is_null(), "{name:?}");
             // SAFETY: as above.
@@ -749,16 +818,31 @@ pub extern \"C\" fn hwfix_outer() -> usize {
             f()
         };
         let (plain, outer) = (address_of(c"hwfix_plain"), address_of(c"hwfix_outer"));
-        let mut objects = Objects::load();
-        let frames = objects.frames(plain + 1);
-        let outer_frames = objects.frames(outer + 1);
+        let out = look(&mut Objects::load(), plain, outer);
         // SAFETY: `handle` came from `dlopen`; nothing of it is used after
-        // (the frames are owned strings).
+        // (what `look` returns owns its strings).
         unsafe { libc::dlclose(handle) };
         let _ = std::fs::remove_dir_all(&dir);
+        Some(out)
+    }
 
-        let line_of =
-            |needle: &str| SOURCE.lines().position(|l| l.contains(needle)).unwrap() as u32 + 1;
+    fn line_of(needle: &str) -> u32 {
+        FIXTURE.lines().position(|l| l.contains(needle)).unwrap() as u32 + 1
+    }
+
+    /// A library built with `-C debuginfo=line-tables-only` gets the same
+    /// names, files and lines as with full debug info: its DWARF has no
+    /// function entry for a function with nothing inlined into it, and one
+    /// named without its path for a function with inlined calls.
+    #[test]
+    fn line_tables_only_debug_info_gives_full_names_and_lines() {
+        let Some((frames, outer_frames)) = with_fixture(
+            "lto",
+            &["-C", "debuginfo=line-tables-only"],
+            |objects, plain, outer| (objects.frames(plain + 1), objects.frames(outer + 1)),
+        ) else {
+            return;
+        };
         assert_eq!(frames.len(), 1, "{frames:?}");
         assert_eq!(frames[0].function, "hwfix::fixture::plain");
         assert!(
@@ -778,6 +862,51 @@ pub extern \"C\" fn hwfix_outer() -> usize {
             "{outer_frames:?}"
         );
         assert_eq!(last.line, Some(line_of("pub fn outer")), "{outer_frames:?}");
+    }
+
+    /// Split DWARF (`.dwo` files, not read): every address of the library,
+    /// the first looked up in its unit and the ones after, gets its
+    /// function's name from the symbol table and no file or line (the
+    /// skeleton's line table would give `inner`'s line to `outer`).
+    #[test]
+    fn split_dwarf_gives_names_without_lines() {
+        let Some(looked) = with_fixture(
+            "split",
+            &["-C", "debuginfo=2", "-C", "split-debuginfo=unpacked"],
+            |objects, plain, outer| {
+                let mut looked = vec![objects.frames(plain + 1)];
+                looked.extend((1..48).map(|k| objects.frames(outer + k)));
+                looked
+            },
+        ) else {
+            return;
+        };
+        assert_eq!(looked[0].len(), 1, "{:?}", looked[0]);
+        assert_eq!(looked[0][0].function, "hwfix::fixture::plain");
+        for frames in &looked {
+            for f in frames {
+                assert_eq!((&f.file, f.line), (&None, None), "{looked:?}");
+            }
+        }
+        // `outer` and whatever follows it (padding, `plain`).
+        assert_eq!(looked[1].len(), 1, "{:?}", looked[1]);
+        assert_eq!(looked[1][0].function, "hwfix::fixture::outer");
+        for frames in looked.iter().filter(|f| !f.is_empty()) {
+            assert_eq!(frames.len(), 1, "{frames:?}");
+            assert!(
+                frames[0].function.starts_with("hwfix::fixture::"),
+                "{frames:?}"
+            );
+        }
+    }
+
+    /// heapwatch's own sources, as this build's DWARF records them.
+    #[test]
+    fn own_sources_are_found_in_dwarf() {
+        assert_eq!(
+            Objects::load().own_sources().as_deref(),
+            Some(concat!(env!("CARGO_MANIFEST_DIR"), "/src/"))
+        );
     }
 
     #[test]
@@ -837,16 +966,40 @@ pub extern \"C\" fn hwfix_outer() -> usize {
         assert_eq!(full("malloc", "__libc_malloc"), None);
         assert_eq!(full("make", "_ZN2t24main17h3d66d36912bcfb39E"), None);
 
-        let own = format!("{OWN_SOURCES}tracker.rs");
+        let own = Some("/hw/src/");
+        let path = |f: &str, file: Option<&str>| crate_path(f.into(), file, own);
         assert_eq!(
-            own_path("on_alloc".into(), Some(&own)),
+            path("on_alloc", Some("/hw/src/tracker.rs")),
             "heapwatch::on_alloc"
         );
         assert_eq!(
-            own_path("heapwatch::tracker::on_alloc".into(), Some(&own)),
+            path("heapwatch::tracker::on_alloc", Some("/hw/src/tracker.rs")),
             "heapwatch::tracker::on_alloc"
         );
-        assert_eq!(own_path("make".into(), Some("/tmp/t2/src/main.rs")), "make");
-        assert_eq!(own_path("on_alloc".into(), None), "on_alloc");
+        assert_eq!(path("make", Some("/tmp/t2/src/main.rs")), "make");
+        assert_eq!(path("on_alloc", None), "on_alloc");
+        assert_eq!(
+            path(
+                "reserve_rehash<(u64, u64)>",
+                Some("/rust/deps/hashbrown-0.16.1/src/raw/mod.rs")
+            ),
+            "hashbrown::reserve_rehash<(u64, u64)>"
+        );
+        assert_eq!(
+            path(
+                "with_mut<T>",
+                Some("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.48.0/src/loom/std/unsafe_cell.rs")
+            ),
+            "tokio::with_mut<T>"
+        );
+        assert_eq!(
+            crate_of("/c/registry/src/idx/tikv-jemalloc-sys-0.7.1+5.3.1/src/lib.rs").as_deref(),
+            Some("tikv_jemalloc_sys")
+        );
+        assert_eq!(
+            crate_of("/c/registry/src/idx/tokio-1.0.0-alpha.1/src/lib.rs").as_deref(),
+            Some("tokio")
+        );
+        assert_eq!(crate_of("/work/app/src/main.rs"), None);
     }
 }
