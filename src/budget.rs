@@ -169,7 +169,7 @@ impl FromStr for Budget {
             other => {
                 return Err(err(&format!(
                     "unknown unit {other:?} (use B, KiB, MiB, GiB or TiB after a plain \
-                     number such as 512 or 1.5)"
+                     number, as in 512MiB or 1.5GiB)"
                 )))
             }
         };
@@ -186,10 +186,13 @@ impl FromStr for Budget {
             };
         }
         let value: f64 = num.parse().map_err(|_| err("not a number"))?;
-        if shift == 0 {
+        let bytes = value * (1u64 << shift) as f64;
+        if bytes.fract() != 0.0 && shift == 0 {
             return Err(err("a fraction of a byte (add a unit: 0.5MiB)"));
         }
-        let bytes = value * (1u64 << shift) as f64;
+        if bytes.round() == 0.0 && value != 0.0 {
+            return Err(err("less than a byte"));
+        }
         if !bytes.is_finite() || bytes >= UNLIMITED as f64 {
             return Err(err("too large"));
         }
@@ -1101,6 +1104,9 @@ mod tests {
         assert_eq!(p("512 MiB"), Some(512 << 20));
         assert_eq!(p("2GiB"), Some(2 << 30));
         assert_eq!(p("1.5g"), Some(3 << 29));
+        assert_eq!(p("1024.0"), Some(1024));
+        assert_eq!(p("1."), Some(1));
+        assert_eq!(p("0.0"), Some(0));
         assert_eq!(p("4096"), Some(4096));
         assert_eq!(p("64KiB"), Some(64 << 10));
         assert_eq!(p("unlimited"), None);
@@ -1121,6 +1127,7 @@ mod tests {
             ("12 parsecs", "unknown unit \"parsecs\""),
             ("0.4", "a fraction of a byte"),
             ("1.5B", "a fraction of a byte"),
+            ("0.0001KiB", "less than a byte"),
             ("+5MB", "expected a number"),
             ("0xFF", "unknown unit \"xff\""),
         ] {
