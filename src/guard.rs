@@ -113,6 +113,32 @@ pub(crate) fn untracked<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// A value of heapwatch's own held on the program's stack: built under the
+/// guard and dropped under it, also when a panic unwinds past it (dropped
+/// bare, its blocks' frees would count as the program's).
+pub(crate) struct Own<T>(Option<T>);
+
+impl<T> Own<T> {
+    /// Builds the value under the guard.
+    pub(crate) fn build(f: impl FnOnce() -> T) -> Own<T> {
+        Own(Some(untracked(f)))
+    }
+}
+
+impl<T> std::ops::Deref for Own<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T> Drop for Own<T> {
+    fn drop(&mut self) {
+        let value = self.0.take();
+        untracked(|| drop(value));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::counters::{self, Sums};
 use crate::diff::CallsiteDelta;
+use crate::guard::Own;
 
 /// What the current thread allocated and freed inside [`scope`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +28,9 @@ pub struct ScopeStats {
     pub allocated_bytes: u64,
     /// Bytes freed (reallocations count their old size).
     pub freed_bytes: u64,
-    /// `allocated_bytes - freed_bytes`: what the closure left live.
+    /// `allocated_bytes - freed_bytes`: what the closure left live, as far
+    /// as this thread can tell (a block it handed to another thread, which
+    /// freed it there, counts as left live).
     pub net_live_bytes: i64,
     /// `allocations - frees`.
     pub net_live_blocks: i64,
@@ -41,6 +44,13 @@ pub struct ScopeStats {
 /// and freed inside it. Correct while other threads allocate (their work is
 /// not counted), so leak tests can run in parallel. Panics in `f` propagate
 /// and leave heapwatch usable.
+///
+/// Only this thread's frees are counted: a block `f` allocates and hands
+/// to another thread, which frees it there (a spawned and joined thread
+/// dropping what it was given, a channel to a worker), counts as left
+/// live. Measure such code from the thread that frees, or compare
+/// process-wide [`snapshot`](crate::snapshot)s with other threads
+/// quiet.
 ///
 /// # Example
 ///
@@ -88,7 +98,10 @@ pub fn scope<R>(f: impl FnOnce() -> R) -> (R, ScopeStats) {
 /// each inside [`scope`], and calls it a leak when the current thread's
 /// live bytes grew by more than `tolerance_bytes` in total *and* grew in at
 /// least half of the iterations (a cache that fills once is not a leak; a
-/// little every time is). The report names the callsites whose live bytes
+/// little every time is; a `Vec` that gains one element per run grows only
+/// at its reallocations, a few runs out of many, and is not called one).
+/// As with [`scope`], blocks handed to another thread that frees them
+/// count as growth. The report names the callsites whose live bytes
 /// grew most (from snapshots before and after; use
 /// [`Sampling::All`](crate::Sampling::All) for exact names of small leaks).
 ///
@@ -325,11 +338,12 @@ impl GrowthCheck {
             f();
         }
         // The two snapshots are heapwatch's own (built and dropped under
-        // the guard): held by the program, `base` was itself growth at the
-        // caller's callsite when `now` was taken.
+        // the guard, also when a panic in `f` unwinds past them): held by
+        // the program, `base` was itself growth at the caller's callsite
+        // when `now` was taken.
         // Allocated before `base`, so that it is not growth either.
         let mut per = Vec::with_capacity(self.iterations);
-        let base = crate::guard::untracked(crate::snapshot::snapshot);
+        let base = Own::build(crate::snapshot::snapshot);
         for _ in 0..self.iterations {
             let ((), s) = scope(|| {
                 if let Err(p) = catch_unwind(AssertUnwindSafe(&mut f)) {
@@ -338,7 +352,7 @@ impl GrowthCheck {
             });
             per.push(s.net_live_bytes);
         }
-        let now = crate::guard::untracked(crate::snapshot::snapshot);
+        let now = Own::build(crate::snapshot::snapshot);
         let total: i64 = per.iter().sum();
         let growing = per.iter().filter(|&&b| b > 0).count();
         // The diff is process-wide: tell the callsites under `f` (one of
@@ -353,7 +367,7 @@ impl GrowthCheck {
         top_growing.truncate(self.top);
         elsewhere_growing.truncate(self.top);
         let sampled = now.sample_interval_bytes.is_some();
-        crate::guard::untracked(|| drop((base, now)));
+        drop((base, now));
         let report = GrowthReport {
             sampled,
             nameable: nameable(closure),

@@ -204,6 +204,25 @@ fn scope_is_per_thread_and_growth_check_finds_leaks() {
     let (_, s) = heapwatch::scope(|| black_box(vec![0u8; 10]));
     assert_eq!(s.allocations, 1);
     heapwatch::assert_no_growth(|| drop(black_box(vec![0u8; 128])));
+    // A panic in a measured iteration (after the warm-up's 3 calls, with
+    // the check's snapshots held): they are dropped as heapwatch's own, so
+    // the thread's figures do not go below what it holds.
+    let (r, s) = heapwatch::scope(|| {
+        std::panic::catch_unwind(|| {
+            let mut calls = 0;
+            GrowthCheck::new().run(|| {
+                calls += 1;
+                if calls == 6 {
+                    panic!("boom in a measured iteration");
+                }
+            })
+        })
+    });
+    assert!(r.is_err());
+    assert!(
+        s.net_live_blocks >= 0 && s.net_live_bytes >= 0,
+        "a panic in a measured iteration freed heapwatch's snapshots as the program's: {s:?}"
+    );
 
     stop.store(true, Ordering::Relaxed);
     for t in noise {
