@@ -351,8 +351,18 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
             .iter()
             .flat_map(|g| g.iter())
             .skip_while(|f| {
+                // heapwatch's frames and the allocator shims, whose file
+                // and line are the program's `#[global_allocator]` item.
                 let name = f.function.trim_start_matches('<');
-                name.starts_with("heapwatch::") || name.starts_with("backtrace::")
+                [
+                    "heapwatch::",
+                    "backtrace::",
+                    "__rustc::",
+                    "__rust_",
+                    "__rg_",
+                ]
+                .iter()
+                .any(|p| name.starts_with(p))
             })
             .cloned()
             .collect();
@@ -544,11 +554,21 @@ mod tests {
         // for a thread it starts): the stack is kept, as before.
         let std_only = vec![
             one("heapwatch::capture::capture", None),
+            one("__rustc::__rust_alloc", Some("tests/app.rs")),
             one("alloc::alloc::alloc", Some("library/alloc/src/alloc.rs")),
             one(entry, Some("library/std/src/sys/backtrace.rs")),
             one("start_thread", None),
         ];
-        assert_eq!(names(trim(&std_only, 16)).len(), 3);
+        // The allocator shim's frame goes too: its file and line are the
+        // program's `#[global_allocator]` item, not an allocation of its.
+        assert_eq!(
+            names(trim(&std_only, 16)),
+            [
+                "alloc::alloc::alloc",
+                "std::sys::backtrace::__rust_begin_short_backtrace",
+                "start_thread"
+            ]
+        );
         assert!(trim(&[], 16).is_empty());
     }
 
