@@ -45,9 +45,9 @@ type Reader = EndianSlice<'static, RunTimeEndian>;
 /// looked up.
 pub(super) struct Objects {
     loaded: Vec<Loaded>,
-    /// Where heapwatch's own sources are as its DWARF records them (see
-    /// [`Objects::own_sources`]); `None` until looked up.
-    own_sources: Option<Option<String>>,
+    /// Where heapwatch's own sources are (see [`Objects::own_sources`]);
+    /// `None` until looked up.
+    own_sources: Option<Vec<String>>,
 }
 
 /// A loaded object: where it is on disk and where it is in memory.
@@ -259,29 +259,50 @@ impl Objects {
     }
 
     /// The directory of heapwatch's own sources as its DWARF records them
-    /// (`…/src/`): the file DWARF gives for a function of this file, less
-    /// this file's path in the crate. Read from DWARF rather than taken
-    /// from the build (`CARGO_MANIFEST_DIR`), so that it holds with paths
-    /// remapped (`--remap-path-prefix`). `None` without DWARF.
-    fn own_sources(&mut self) -> Option<String> {
+    /// (`…/src/`), as absolute paths: the file DWARF gives for a function
+    /// of this file, less this file's path in the crate, which holds with
+    /// paths remapped (`--remap-path-prefix`); and the crate's directory
+    /// when it was built (`CARGO_MANIFEST_DIR`), which holds for its
+    /// generic code compiled into the program when heapwatch itself has no
+    /// DWARF.
+    fn own_sources(&mut self) -> Vec<String> {
         if let Some(known) = &self.own_sources {
             return known.clone();
         }
         let probe_addr = own_sources_marker as *const () as usize + 1;
-        let found = self.holding(probe_addr).and_then(|obj| {
+        let from_dwarf = self.holding(probe_addr).and_then(|obj| {
             let probe = probe_addr.wrapping_sub(obj.bias) as u64;
             let (paths, build_id) = (&obj.paths, &obj.build_id);
             let debug = obj
                 .read
                 .get_or_insert_with(|| paths.iter().find_map(|p| Debug::read(p, build_id)))
                 .as_ref()?;
-            let location = debug.context.as_ref()?.find_location(probe).ok()??;
-            let file = location.file?;
-            file.strip_suffix("symbolize/objects.rs")
+            // The outermost frame: the marker itself, not what the
+            // optimizer inlined into it.
+            let mut frames = debug
+                .context
+                .as_ref()?
+                .find_frames(probe)
+                .skip_all_loads()
+                .ok()?;
+            let mut file = None;
+            while let Ok(Some(frame)) = frames.next() {
+                file = frame.location.and_then(|l| l.file);
+            }
+            file?
+                .strip_suffix("symbolize/objects.rs")
                 .map(str::to_string)
         });
-        self.own_sources = Some(found.clone());
-        found
+        let built = concat!(env!("CARGO_MANIFEST_DIR"), "/src/").to_string();
+        let mut own: Vec<String> = from_dwarf
+            .into_iter()
+            .filter(|d| d.starts_with('/'))
+            .collect();
+        if !own.contains(&built) {
+            own.push(built);
+        }
+        self.own_sources = Some(own.clone());
+        own
     }
 
     /// The frames at `addr` (an address inside the call, not the return
@@ -303,15 +324,17 @@ impl Objects {
             return Vec::new();
         };
         let mut out = Vec::new();
+        // Each frame's source file as DWARF records it, for `crate_path`.
+        let mut raw_files = Vec::new();
         if let Some(ctx) = &debug.context {
             if let Ok(mut iter) = ctx.find_frames(probe).skip_all_loads() {
                 while let Ok(Some(frame)) = iter.next() {
-                    let raw_file = frame.location.as_ref().and_then(|l| l.file);
+                    raw_files.push(frame.location.as_ref().and_then(|l| l.file));
                     let function = frame
                         .function
                         .as_ref()
                         .and_then(|f| f.raw_name().ok())
-                        .map(|n| crate_path(demangle(&n), raw_file, own.as_deref()))
+                        .map(|n| demangle(&n))
                         .unwrap_or_default();
                     let (file, line) = frame
                         .location
@@ -324,15 +347,16 @@ impl Objects {
                 }
             }
         }
-        // The last frame is the function that holds `probe`. DWARF made
-        // with `debug = "line-tables-only"` names it without its path
-        // (`reserve_exact<u8, …>`), which the symbol table has.
-        if let Some(last) = out.last_mut() {
-            if let Some(name) = debug.symbol_holding(probe) {
-                if let Some(full) = full_name(&last.function, name) {
-                    last.function = full;
-                }
-            }
+        // DWARF made with `debug = "line-tables-only"` names functions
+        // without their path (`reserve_exact<u8, …>`): the last frame, the
+        // function that holds `probe`, takes the symbol table's name; the
+        // others (inlined) their crate's, if their file tells it.
+        let holder = debug.symbol_holding(probe);
+        let last = out.len().wrapping_sub(1);
+        for (k, (frame, raw_file)) in out.iter_mut().zip(&raw_files).enumerate() {
+            let function = std::mem::take(&mut frame.function);
+            let holder = holder.filter(|_| k == last);
+            frame.function = named(function, *raw_file, holder, &own);
         }
         if out.iter().all(|f| f.function.is_empty()) {
             if let Some(name) = debug.symbol(probe) {
@@ -510,6 +534,17 @@ fn is_bare(function: &str) -> bool {
         && !function.split('<').next().unwrap_or("").contains("::")
 }
 
+/// A frame's name: `function` as DWARF gives it, the symbol-table name of
+/// the function holding the address (`holder`, given for the outermost
+/// frame only) if DWARF's is that function's name without its path, else
+/// [`crate_path`]'s.
+fn named(function: String, raw_file: Option<&str>, holder: Option<&str>, own: &[String]) -> String {
+    match holder.and_then(|symbol| full_name(&function, symbol)) {
+        Some(full) => full,
+        None => crate_path(function, raw_file, own),
+    }
+}
+
 /// A function of this file whose address [`Objects::own_sources`] looks
 /// up: never inlined, so its address is its own.
 #[inline(never)]
@@ -527,11 +562,11 @@ fn own_sources_marker() -> u64 {
 /// callsites are trimmed of heapwatch's frames and the allocation
 /// plumbing (`hashbrown::`) by that prefix. The program's own inlined
 /// functions keep their bare names.
-fn crate_path(function: String, raw_file: Option<&str>, own: Option<&str>) -> String {
+fn crate_path(function: String, raw_file: Option<&str>, own: &[String]) -> String {
     let Some(file) = raw_file.filter(|_| is_bare(&function)) else {
         return function;
     };
-    if own.is_some_and(|own| file.starts_with(own)) {
+    if own.iter().any(|own| file.starts_with(own.as_str())) {
         return format!("heapwatch::{function}");
     }
     match crate_of(file) {
@@ -552,11 +587,19 @@ fn crate_of(file: &str) -> Option<String> {
     } else {
         return None;
     };
-    // `name-1.2.3` (`tikv-jemalloc-sys-0.7.1+5.3.1`): the name is what
-    // comes before the first dash that a digit follows.
+    // `name-1.2.3` (`tikv-jemalloc-sys-0.7.1+5.3.1`, `utf-8-0.7.6`): the
+    // name is what comes before the dash that a version (`1.2.3`) follows.
+    let semver = |v: &str| {
+        let digits = |p: &str| p.bytes().take_while(u8::is_ascii_digit).count();
+        let mut parts = v.splitn(3, '.');
+        let (major, minor, patch) = (parts.next(), parts.next(), parts.next());
+        major.is_some_and(|m| !m.is_empty() && digits(m) == m.len())
+            && minor.is_some_and(|m| !m.is_empty() && digits(m) == m.len())
+            && patch.is_some_and(|p| digits(p) > 0)
+    };
     let at = dir
         .match_indices('-')
-        .find(|&(i, _)| dir[i + 1..].starts_with(|c: char| c.is_ascii_digit()))?
+        .find(|&(i, _)| semver(&dir[i + 1..]))?
         .0;
     Some(dir[..at].replace('-', "_")).filter(|n| !n.is_empty())
 }
@@ -904,8 +947,8 @@ pub extern \"C\" fn hwfix_outer() -> usize {
     #[test]
     fn own_sources_are_found_in_dwarf() {
         assert_eq!(
-            Objects::load().own_sources().as_deref(),
-            Some(concat!(env!("CARGO_MANIFEST_DIR"), "/src/"))
+            Objects::load().own_sources(),
+            [concat!(env!("CARGO_MANIFEST_DIR"), "/src/")]
         );
     }
 
@@ -966,8 +1009,8 @@ pub extern \"C\" fn hwfix_outer() -> usize {
         assert_eq!(full("malloc", "__libc_malloc"), None);
         assert_eq!(full("make", "_ZN2t24main17h3d66d36912bcfb39E"), None);
 
-        let own = Some("/hw/src/");
-        let path = |f: &str, file: Option<&str>| crate_path(f.into(), file, own);
+        let own = ["/hw/src/".to_string()];
+        let path = |f: &str, file: Option<&str>| crate_path(f.into(), file, &own);
         assert_eq!(
             path("on_alloc", Some("/hw/src/tracker.rs")),
             "heapwatch::on_alloc"
@@ -1001,5 +1044,25 @@ pub extern \"C\" fn hwfix_outer() -> usize {
             Some("tokio")
         );
         assert_eq!(crate_of("/work/app/src/main.rs"), None);
+        // The outermost frame in a registry crate: the symbol table's full
+        // name, not the crate's prefix on the bare name.
+        let tokio_file = Some("/c/registry/src/idx/tokio-1.48.0/src/sync/oneshot.rs");
+        assert_eq!(
+            named(
+                "channel<()>".into(),
+                tokio_file,
+                Some("_ZN5tokio4sync7oneshot7channel17h0123456789abcdefE"),
+                &own
+            ),
+            "tokio::sync::oneshot::channel"
+        );
+        assert_eq!(
+            named("channel<()>".into(), tokio_file, None, &own),
+            "tokio::channel<()>"
+        );
+        assert_eq!(
+            crate_of("/c/registry/src/idx/utf-8-0.7.6/src/lib.rs").as_deref(),
+            Some("utf_8")
+        );
     }
 }
