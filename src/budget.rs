@@ -730,10 +730,11 @@ pub(crate) enum Admission {
     Refused,
     /// Covered by the shard's credit.
     Covered,
-    /// This many bytes reserved from the pool: committed (and the peak
-    /// raised) once the allocation succeeded ([`allocated`]), handed back
-    /// if it failed ([`cancel`]).
-    Reserved(u64),
+    /// This many bytes reserved from the pool, over the budget if the flag
+    /// is set: committed (and the peak raised, the overage counted) once
+    /// the allocation succeeded ([`allocated`]), handed back if it failed
+    /// ([`cancel`]).
+    Reserved(u64, bool),
 }
 
 impl Admission {
@@ -766,7 +767,10 @@ pub(crate) fn admit(shard: &Shard, size: usize) -> Admission {
 /// committed, and counts towards the peak.
 #[inline]
 pub(crate) fn allocated(admission: Admission) {
-    if let Admission::Reserved(granted) = admission {
+    if let Admission::Reserved(granted, over) = admission {
+        if over {
+            OVERAGES.fetch_add(1, Relaxed);
+        }
         commit(granted);
     }
 }
@@ -801,7 +805,7 @@ fn admit_slow(shard: &Shard, size: u64, credit: i64) -> Admission {
             _ => None,
         }
     });
-    let (granted, now) = match granted {
+    let (granted, now, over) = match granted {
         Ok(prev) => {
             // The closure's choice, made again from the same `prev`.
             let g = if prev.checked_add(want).is_some_and(|n| n <= limit) {
@@ -809,7 +813,7 @@ fn admit_slow(shard: &Shard, size: u64, credit: i64) -> Admission {
             } else {
                 need
             };
-            (g, prev + g)
+            (g, prev + g, false)
         }
         // A panicking thread's allocations (its message, its backtrace)
         // are let through as overages: refused, they would abort the
@@ -821,16 +825,15 @@ fn admit_slow(shard: &Shard, size: u64, credit: i64) -> Admission {
             return Admission::Refused;
         }
         Err(_) => {
-            OVERAGES.fetch_add(1, Relaxed);
             let prev = RESERVED.fetch_add(need, Relaxed);
-            (need, prev.wrapping_add(need))
+            (need, prev.wrapping_add(need), true)
         }
     };
     if shard.is_exclusive() {
         sync(shard, credit.wrapping_add(granted as i64));
     }
     update_level(now);
-    Admission::Reserved(granted)
+    Admission::Reserved(granted, over)
 }
 
 /// The hook's fast-path admission of an allocation of `size` bytes on the
@@ -876,7 +879,7 @@ pub(crate) fn free_fits(shard: &Shard, freed: u64) -> bool {
 /// neither the reservation (which other threads' allocations are refused
 /// against) nor the peak raised by them.
 pub(crate) fn cancel(shard: &Shard, admission: Admission) {
-    let Admission::Reserved(granted) = admission else {
+    let Admission::Reserved(granted, _) = admission else {
         return;
     };
     if shard.is_exclusive() {

@@ -102,7 +102,17 @@ fn failed_allocations_leave_no_trace() {
     assert_eq!(heapwatch::stats().budget_denials, denials);
     drop(v);
 
-    // 3. Failing allocations on one thread while another allocates: the
+    // 3. Policy Warn, 1 GiB: 1.5 GiB is let through over the budget, and
+    //    the inner allocator fails it: no overage is counted.
+    heapwatch::set_budget(Budget::from_gb(1));
+    heapwatch::set_budget_policy(heapwatch::Policy::Warn);
+    let overages = heapwatch::budget_status().overages;
+    assert!(Vec::<u8>::new().try_reserve_exact(1536 << 20).is_err());
+    assert_eq!(heapwatch::budget_status().overages, overages);
+    assert_reservation_near_live("after a failed allocation over a Warn budget");
+    heapwatch::set_budget_policy(heapwatch::Policy::Refuse);
+
+    // 4. Failing allocations on one thread while another allocates: the
     //    peak never takes in the reservations of the failing ones, though
     //    they are in the pool while the inner allocator works.
     heapwatch::set_budget(Budget::UNLIMITED);
