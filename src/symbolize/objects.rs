@@ -261,8 +261,11 @@ impl Objects {
     /// The directory of heapwatch's own sources as its DWARF records them
     /// (`…/src/`), as absolute paths: the file DWARF gives for a function
     /// of this file, less this file's path in the crate, which holds with
-    /// paths remapped (`--remap-path-prefix`); and the crate's directory
-    /// when it was built (`CARGO_MANIFEST_DIR`), which holds for its
+    /// paths remapped (`--remap-path-prefix`); and the same from `file!()`
+    /// (remapped alike) when that is absolute, as for a crate from a
+    /// registry, else the crate's directory when built
+    /// (`CARGO_MANIFEST_DIR`, for a path dependency inside the program's
+    /// workspace, whose paths are relative to it), which hold for its
     /// generic code compiled into the program when heapwatch itself has no
     /// DWARF.
     fn own_sources(&mut self) -> Vec<String> {
@@ -293,13 +296,15 @@ impl Objects {
                 .strip_suffix("symbolize/objects.rs")
                 .map(str::to_string)
         });
-        let built = concat!(env!("CARGO_MANIFEST_DIR"), "/src/").to_string();
-        let mut own: Vec<String> = from_dwarf
-            .into_iter()
-            .filter(|d| d.starts_with('/'))
-            .collect();
-        if !own.contains(&built) {
-            own.push(built);
+        let built = match file!().strip_suffix("symbolize/objects.rs") {
+            Some(root) if root.starts_with('/') => root.to_string(),
+            _ => concat!(env!("CARGO_MANIFEST_DIR"), "/src/").to_string(),
+        };
+        let mut own: Vec<String> = Vec::new();
+        for root in from_dwarf.into_iter().chain([built]) {
+            if root.starts_with('/') && !own.contains(&root) {
+                own.push(root);
+            }
         }
         self.own_sources = Some(own.clone());
         own
