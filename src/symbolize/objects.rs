@@ -272,30 +272,25 @@ impl Objects {
         if let Some(known) = &self.own_sources {
             return known.clone();
         }
-        let probe_addr = own_sources_marker as *const () as usize + 1;
-        let from_dwarf = self.holding(probe_addr).and_then(|obj| {
-            let probe = probe_addr.wrapping_sub(obj.bias) as u64;
-            let (paths, build_id) = (&obj.paths, &obj.build_id);
-            let debug = obj
-                .read
-                .get_or_insert_with(|| paths.iter().find_map(|p| Debug::read(p, build_id)))
-                .as_ref()?;
-            // The outermost frame: the marker itself, not what the
-            // optimizer inlined into it.
-            let mut frames = debug
-                .context
-                .as_ref()?
-                .find_frames(probe)
-                .skip_all_loads()
-                .ok()?;
-            let mut file = None;
-            while let Ok(Some(frame)) = frames.next() {
-                file = frame.location.and_then(|l| l.file);
-            }
-            file?
-                .strip_suffix("symbolize/objects.rs")
-                .map(str::to_string)
-        });
+        let from_dwarf = self
+            .debug_at(own_sources_marker as *const () as usize + 1)
+            .and_then(|(probe, debug)| {
+                // The outermost frame: the marker itself, not what the
+                // optimizer inlined into it.
+                let mut frames = debug
+                    .context
+                    .as_ref()?
+                    .find_frames(probe)
+                    .skip_all_loads()
+                    .ok()?;
+                let mut file = None;
+                while let Ok(Some(frame)) = frames.next() {
+                    file = frame.location.and_then(|l| l.file);
+                }
+                file?
+                    .strip_suffix("symbolize/objects.rs")
+                    .map(str::to_string)
+            });
         let built = match file!().strip_suffix("symbolize/objects.rs") {
             Some(root) if root.starts_with('/') => root.to_string(),
             _ => concat!(env!("CARGO_MANIFEST_DIR"), "/src/").to_string(),
@@ -310,6 +305,19 @@ impl Objects {
         own
     }
 
+    /// The object holding `addr`, read if it was not yet: `addr` in the
+    /// file's own numbering, and the file's debug information.
+    fn debug_at(&mut self, addr: usize) -> Option<(u64, &Debug)> {
+        let obj = self.holding(addr)?;
+        let probe = addr.wrapping_sub(obj.bias) as u64;
+        let (paths, build_id) = (&obj.paths, &obj.build_id);
+        let debug = obj
+            .read
+            .get_or_insert_with(|| paths.iter().find_map(|p| Debug::read(p, build_id)))
+            .as_ref()?;
+        Some((probe, debug))
+    }
+
     /// The frames at `addr` (an address inside the call, not the return
     /// address), innermost first; empty if no object or symbol knows it.
     pub(super) fn frames(&mut self, addr: usize) -> Vec<Frame> {
@@ -317,15 +325,7 @@ impl Objects {
             self.refresh();
         }
         let own = self.own_sources();
-        let Some(obj) = self.holding(addr) else {
-            return Vec::new();
-        };
-        let probe = addr.wrapping_sub(obj.bias) as u64;
-        let (paths, build_id) = (&obj.paths, &obj.build_id);
-        let Some(debug) = obj
-            .read
-            .get_or_insert_with(|| paths.iter().find_map(|p| Debug::read(p, build_id)))
-        else {
+        let Some((probe, debug)) = self.debug_at(addr) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -440,16 +440,20 @@ impl Debug {
     /// The symbol that holds `probe` (the last one at or before it, if its
     /// size is unknown).
     fn symbol(&self, probe: u64) -> Option<&'static str> {
-        let i = self.symbols.partition_point(|&(a, _, _)| a <= probe);
-        let &(start, size, name) = self.symbols.get(i.checked_sub(1)?)?;
-        (size == 0 || probe - start < size).then_some(name)
+        self.symbol_at(probe, true)
     }
 
     /// The symbol that holds `probe`, only if its size says so.
     fn symbol_holding(&self, probe: u64) -> Option<&'static str> {
+        self.symbol_at(probe, false)
+    }
+
+    /// The last symbol at or before `probe`, if it holds `probe` (or, with
+    /// `unsized_holds`, if its size is unknown).
+    fn symbol_at(&self, probe: u64, unsized_holds: bool) -> Option<&'static str> {
         let i = self.symbols.partition_point(|&(a, _, _)| a <= probe);
         let &(start, size, name) = self.symbols.get(i.checked_sub(1)?)?;
-        (probe - start < size).then_some(name)
+        ((size == 0 && unsized_holds) || probe - start < size).then_some(name)
     }
 }
 
