@@ -22,8 +22,12 @@
 //! functions without their path and has no entry at all for a function
 //! with nothing inlined into it: the function holding the address then
 //! takes its name from the symbol table, with DWARF's file and line, and
-//! heapwatch's own inlined functions get the prefix `heapwatch::`, so that
-//! callsites start at the user's frame as they do with full debug info. An object's file is found by the path it was loaded
+//! inlined functions get their crate's name in front when their source
+//! path tells it (`heapwatch::` for heapwatch's own, `hashbrown::` for
+//! std's vendored copy, a registry crate's name), so that callsites start
+//! at the user's frame as they do with full debug info (see `named`).
+//!
+//! An object's file is found by the path it was loaded
 //! from, else the file mapped at its address (`/proc/self/maps`), and for
 //! the program `/proc/self/exe`; a file is read only if its GNU build id is
 //! the one loaded, so a library replaced on disk since is never read for
