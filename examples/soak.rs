@@ -15,12 +15,25 @@
 //! warm-up lasts (so the bounded history is full before the baseline is
 //! measured).
 //!
-//! At the end it prints RSS and heapwatch's overhead at the end of the
-//! warm-up (minute 1, or 1/6 of a shorter run) and at the end, requests
-//! served and failed, and `/heap/leaks`. It exits non-zero when a request
-//! failed; without `--leak`, when RSS or overhead grew more than 5% after
-//! the warm-up; with `--leak`, when `/heap/leaks` does not put the leaking
-//! function first.
+//! At the end it prints heapwatch's overhead at the end of the warm-up
+//! (minute 1, or 1/6 of a shorter run) and at the end, the RSS floors (see
+//! below), requests served and failed, and `/heap/leaks`. It exits non-zero
+//! when a request failed; without `--leak`, when the RSS floor or the
+//! overhead grew more than 5% after the warm-up; with `--leak`, when
+//! `/heap/leaks` does not put the leaking function first or the RSS floor
+//! grew by less than half of what leaked between its two readings.
+//!
+//! RSS is compared *settled* and as floors. Once a second the allocator is
+//! asked to return the pages it keeps for reuse (jemalloc's
+//! `arena.<all>.purge`, or glibc's `malloc_trim(0)` for `System`), then RSS
+//! is read; the lowest of these readings in the first third after the
+//! warm-up is compared with the lowest in the last third. Raw RSS, read
+//! without the purge, swings by half or more (20 to 75 MiB in a debug
+//! build): the scrapes build multi-MiB responses, and jemalloc keeps freed
+//! pages for its 10 s decay before returning them. Comparing two raw
+//! readings failed a CI run at +7.76% with live and overhead flat, and a
+//! raw floor could not see a 9.4 MiB leak in a minute. The raw range is
+//! printed too.
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -108,6 +121,35 @@ fn churn(stop: &AtomicBool, seed: u64, ops: &AtomicU64) {
 #[inline(never)]
 fn leak_some(kept: &mut Vec<Vec<u8>>) {
     kept.push(black_box(vec![0xAB; LEAK_BLOCK]));
+}
+
+/// Asks the allocator to return the free pages it keeps, so that RSS is
+/// what the process uses: live blocks, fragmentation, heapwatch's tables,
+/// stacks and code.
+fn return_free_pages() {
+    #[cfg(feature = "jemalloc")]
+    {
+        // 4096 is MALLCTL_ARENAS_ALL.
+        const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
+        // SAFETY: the name is NUL-terminated; `arena.<i>.purge` reads and
+        // writes no value, so every pointer is null and the length 0, as
+        // jemalloc requires of it.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                PURGE_ALL.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        debug_assert_eq!(rc, 0, "arena.4096.purge");
+    }
+    #[cfg(all(not(feature = "jemalloc"), target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn rss_bytes() -> u64 {
@@ -237,7 +279,6 @@ fn client(addr: SocketAddr, stop: &AtomicBool, stats: &ClientStats) {
 
 struct Reading {
     at: Duration,
-    rss: u64,
     overhead: u64,
     live: u64,
 }
@@ -246,10 +287,18 @@ fn reading(start: Instant) -> Reading {
     let s = heapwatch::stats();
     Reading {
         at: start.elapsed(),
-        rss: rss_bytes(),
         overhead: s.overhead_bytes,
         live: s.live_bytes,
     }
+}
+
+/// The lowest settled RSS in `[from, to)`, with when it was read.
+fn floor(samples: &[(Duration, u64)], from: Duration, to: Duration) -> Option<(Duration, u64)> {
+    samples
+        .iter()
+        .filter(|(at, _)| (from..to).contains(at))
+        .min_by_key(|(_, rss)| *rss)
+        .copied()
 }
 
 fn pct(a: u64, b: u64) -> f64 {
@@ -309,6 +358,11 @@ fn main() -> ExitCode {
 
     let mut leaked = Vec::new();
     let mut warm = None;
+    // After the warm-up: raw RSS every 100 ms, the lowest and highest kept;
+    // settled RSS every second (600 entries in 10 minutes).
+    let (mut lowest, mut highest) = (u64::MAX, 0);
+    let mut rss = Vec::with_capacity(args.run.as_secs() as usize + 1);
+    let mut settled_at = Duration::ZERO;
     while start.elapsed() < args.run {
         if args.leak {
             leak_some(&mut leaked);
@@ -318,15 +372,26 @@ fn main() -> ExitCode {
             println!(
                 "soak: warm-up done at {:.0?}: rss {:.1} MiB, overhead {:.1} MiB, live {:.1} MiB",
                 r.at,
-                mib(r.rss),
+                mib(rss_bytes()),
                 mib(r.overhead),
                 mib(r.live)
             );
             warm = Some(r);
         }
+        if warm.is_some() {
+            let raw = rss_bytes();
+            (lowest, highest) = (lowest.min(raw), highest.max(raw));
+            if start.elapsed() >= settled_at {
+                return_free_pages();
+                rss.push((start.elapsed(), rss_bytes()));
+                settled_at = start.elapsed() + Duration::from_secs(1);
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    return_free_pages();
     let end = reading(start);
+    rss.push((end.at, rss_bytes()));
     let leaks = get(addr, "/heap/leaks?top=5");
     stop.store(true, Relaxed);
     for t in threads {
@@ -342,14 +407,27 @@ fn main() -> ExitCode {
         ops.load(Relaxed) as f64 / 1e6,
         mib((leaked.len() * LEAK_BLOCK) as u64)
     );
-    println!(
-        "soak: rss      {:>8.1} MiB at {:>5.0?} -> {:>8.1} MiB at {:>5.0?} ({:+.2}%)",
-        mib(warm.rss),
-        warm.at,
-        mib(end.rss),
-        end.at,
-        pct(warm.rss, end.rss)
-    );
+    let third = end.at.saturating_sub(warm.at) / 3;
+    let first = floor(&rss, warm.at, warm.at + third);
+    let last = floor(&rss, end.at - third, end.at + Duration::from_millis(1));
+    if let (Some((t0, a)), Some((t1, b))) = (first, last) {
+        println!(
+            "soak: rss floor {:>7.1} MiB at {:>5.0?} -> {:>8.1} MiB at {:>5.0?} ({:+.2}%; settled, {} readings)",
+            mib(a),
+            t0,
+            mib(b),
+            t1,
+            pct(a, b),
+            rss.len(),
+        );
+    }
+    if highest > 0 {
+        println!(
+            "soak: rss raw   {:>7.1} MiB to {:>7.1} MiB (every 100 ms after the warm-up)",
+            mib(lowest),
+            mib(highest)
+        );
+    }
     println!(
         "soak: overhead {:>8.1} MiB at {:>5.0?} -> {:>8.1} MiB at {:>5.0?} ({:+.2}%)",
         mib(warm.overhead),
@@ -407,11 +485,34 @@ fn main() -> ExitCode {
             eprintln!("soak: FAIL: the leak in leak_some was not flagged at the top");
             ok = false;
         }
+        // The RSS check must see a leak too: at least half of what leaked
+        // between the two floors (16 KiB per 100 ms).
+        if let (Some((t0, a)), Some((t1, b))) = (first, last) {
+            let leaked_between =
+                (t1.saturating_sub(t0).as_millis() / 100) as u64 * LEAK_BLOCK as u64;
+            if b.saturating_sub(a) < leaked_between / 2 {
+                eprintln!(
+                    "soak: FAIL: the RSS floor grew {:.1} MiB, less than half the {:.1} MiB leaked between its readings",
+                    mib(b.saturating_sub(a)),
+                    mib(leaked_between)
+                );
+                ok = false;
+            }
+        }
     } else {
-        for (what, a, b) in [
-            ("rss", warm.rss, end.rss),
-            ("overhead", warm.overhead, end.overhead),
-        ] {
+        let rss_floors = match (first, last) {
+            (Some((_, a)), Some((_, b))) => Some((a, b)),
+            _ => {
+                eprintln!("soak: FAIL: too short a run to compare RSS floors");
+                ok = false;
+                None
+            }
+        };
+        for (what, a, b) in rss_floors
+            .map(|(a, b)| ("rss floor", a, b))
+            .into_iter()
+            .chain([("overhead", warm.overhead, end.overhead)])
+        {
             if pct(a, b) > GROWTH_LIMIT_PERCENT {
                 eprintln!(
                     "soak: FAIL: {what} grew {:+.2}% after the warm-up (limit {GROWTH_LIMIT_PERCENT}%)",
