@@ -143,7 +143,9 @@ fn return_free_pages() {
                 0,
             )
         };
-        debug_assert_eq!(rc, 0, "arena.4096.purge");
+        if rc != 0 {
+            eprintln!("soak: arena.4096.purge failed ({rc}): the RSS floors are not settled");
+        }
     }
     #[cfg(all(not(feature = "jemalloc"), target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions.
