@@ -434,7 +434,7 @@ impl Snapshot {
     /// # Example
     ///
     /// ```
-    /// let path = std::env::temp_dir().join("heapwatch-doc-snapshot.json");
+    /// let path = std::env::temp_dir().join(format!("snapshot-{}.json", std::process::id()));
     /// let snap = heapwatch::snapshot();
     /// snap.save(&path).unwrap();
     /// let back = heapwatch::Snapshot::load(&path).unwrap();

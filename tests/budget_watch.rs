@@ -97,15 +97,26 @@ fn a_crossing_between_polls_is_reported() {
     });
     drop(held);
     let held = vec![1u8; 85 * MIB];
+    let reached_warning = |events: &[BudgetEvent]| {
+        events
+            .iter()
+            .position(|e| e.reached == BudgetLevel::Warning)
+    };
     assert!(
-        wait_for(|| !events.lock().unwrap().is_empty()),
-        "no event for a warning crossed again between two polls"
+        wait_for(|| reached_warning(&events.lock().unwrap()).is_some()),
+        "no event for a warning crossed again between two polls: {:?}",
+        events.lock().unwrap()
     );
     drop(watch);
-    let e = events.lock().unwrap()[0];
-    assert_eq!(
-        (e.previous, e.reached),
-        (BudgetLevel::Warning, BudgetLevel::Warning)
+    let events = events.lock().unwrap().clone();
+    let pairs: Vec<_> = events.iter().map(|e| (e.previous, e.reached)).collect();
+    // Polled before the drop and after the new block: one event, the
+    // crossing seen between polls. A poll landing between the drop and the
+    // new block (a stall of the main thread) sees both moves as they are.
+    let (w, n) = (BudgetLevel::Warning, BudgetLevel::Normal);
+    assert!(
+        pairs.starts_with(&[(w, w)]) || pairs.starts_with(&[(w, n), (n, w)]),
+        "{pairs:?}"
     );
     drop(held);
 }

@@ -3,7 +3,8 @@
 #![cfg(feature = "cli")]
 
 use std::hint::black_box;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -41,6 +42,16 @@ fn cli(args: &[&str]) -> Output {
 fn cli_env(args: &[&str], token_env: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_heapwatch"));
     cmd.args(args).env_remove("HEAPWATCH_TOKEN");
+    // Requests to a server get a minute, not the default 5 s: a debug
+    // build's first snapshot on a loaded machine must not fail a test.
+    let to_a_server = matches!(args, ["get" | "top", url, ..] if url.starts_with("http://"));
+    if to_a_server
+        && !args
+            .iter()
+            .any(|a| ["--timeout", "--help", "-h"].contains(a))
+    {
+        cmd.args(["--timeout", "60"]);
+    }
     if let Some(t) = token_env {
         cmd.env("HEAPWATCH_TOKEN", t);
     }
@@ -69,12 +80,34 @@ fn temp_file(name: &str) -> PathBuf {
     path
 }
 
-/// A port nothing listens on: bound, then released.
-fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
+/// A loopback port nothing listens on, held by a socket that is bound and
+/// never listens (a released port could be taken by a parallel test or
+/// another program; connecting to this one is always refused). The port
+/// stays held while the returned descriptor lives.
+fn closed_port() -> (SocketAddr, OwnedFd) {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: sin is a valid sockaddr_in and len its size; bind only reads
+    // it and getsockname writes at most len bytes into it.
+    unsafe {
+        let sa = (&raw mut sin).cast::<libc::sockaddr>();
+        assert_eq!(libc::bind(fd.as_raw_fd(), sa, len), 0, "bind");
+        assert_eq!(libc::getsockname(fd.as_raw_fd(), sa, &mut len), 0);
+    }
+    let port = u16::from_be(sin.sin_port);
+    (SocketAddr::from(([127, 0, 0, 1], port)), fd)
 }
 
 #[test]
@@ -167,7 +200,7 @@ fn top_with_count_prints_two_status_lines_and_exits_0() {
 
 #[test]
 fn unreachable_endpoint_is_a_runtime_error() {
-    let addr = closed_port();
+    let (addr, _held) = closed_port();
     for args in [vec!["get", "URL"], vec!["top", "URL", "--count", "1"]] {
         let u = url(addr);
         let args: Vec<&str> = args
