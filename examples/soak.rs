@@ -8,6 +8,8 @@
 //! cargo run --release --example soak -- --seconds 60 --leak
 //! ```
 //!
+//! A run takes at least 12 seconds (see the floors below).
+//!
 //! Every 100 ms a client thread requests `/heap`, `/heap/diff?base=<a
 //! retained id>`, `/metrics` and `/debug/pprof/heap` (and `/heap/history`
 //! once a second, for the base id), each on a new connection with a
@@ -27,18 +29,18 @@
 //! asked to return the pages it keeps for reuse (jemalloc's
 //! `arena.<all>.purge`, or glibc's `malloc_trim(0)` for `System`), then RSS
 //! is read; the lowest of these readings in the first third after the
-//! warm-up is compared with the lowest in the last third. Raw RSS, read
-//! without the purge, swings by half or more (20 to 75 MiB in a debug
-//! build): the scrapes build multi-MiB responses, and jemalloc keeps freed
-//! pages for its 10 s decay before returning them. Comparing two raw
-//! readings failed a CI run at +7.76% with live and overhead flat, and a
-//! raw floor could not see a 9.4 MiB leak in a minute. The raw range is
-//! printed too.
+//! warm-up is compared with the lowest in the last third (each of at least
+//! 3 readings). Raw RSS, read every 100 ms between the purges, swings by
+//! half or more (20 to 75 MiB in a debug build): the scrapes build
+//! multi-MiB responses, and jemalloc keeps freed pages for its 10 s decay
+//! before returning them. Comparing two raw readings failed a CI run at
+//! +7.76% with live and overhead flat, and a floor of raw readings missed a
+//! 9.4 MiB leak in a minute. The raw range is printed too.
 //!
 //! heapwatch's overhead is read every 100 ms and compared as floors the
 //! same way: while the endpoint builds a snapshot that meets a new callsite,
 //! the symbolizer's working memory counts as overhead until it is freed
-//! (13.6 MiB at rest, readings up to 24 MiB in a debug build).
+//! (13.6 MiB at rest, readings up to 30 MiB).
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -65,6 +67,11 @@ const RING: usize = 2048;
 /// With `--leak`: 16 KiB every 100 ms, about 9.4 MiB a minute.
 const LEAK_BLOCK: usize = 16 * 1024;
 const GROWTH_LIMIT_PERCENT: f64 = 5.0;
+/// Readings a floor is taken over, at least.
+const MIN_READINGS: usize = 3;
+/// Shortest run: the warm-up (a sixth) and three thirds of at least
+/// `MIN_READINGS` settled readings a second apart, with a second to spare.
+const MIN_RUN: Duration = Duration::from_secs(12);
 
 struct Args {
     run: Duration,
@@ -92,6 +99,11 @@ fn parse_args() -> Result<Args, String> {
                 ))
             }
         }
+    }
+    if run < MIN_RUN {
+        return Err(format!(
+            "the run needs at least {MIN_RUN:?}: the floors compare settled readings taken a second apart, at least {MIN_READINGS} in each third after the warm-up"
+        ));
     }
     Ok(Args { run, leak })
 }
@@ -299,13 +311,17 @@ fn reading(start: Instant) -> Reading {
     }
 }
 
-/// The lowest reading in `[from, to)`, with when it was taken.
+/// The lowest reading in `[from, to)`, with when it was taken; none with
+/// fewer than `MIN_READINGS` readings there.
 fn floor(samples: &[(Duration, u64)], from: Duration, to: Duration) -> Option<(Duration, u64)> {
-    samples
+    let window: Vec<_> = samples
         .iter()
         .filter(|(at, _)| (from..to).contains(at))
-        .min_by_key(|(_, value)| *value)
-        .copied()
+        .collect();
+    if window.len() < MIN_READINGS {
+        return None;
+    }
+    window.into_iter().min_by_key(|(_, value)| *value).copied()
 }
 
 /// The floors of the first and the last third of `samples`, taken in
@@ -378,10 +394,11 @@ fn main() -> ExitCode {
     let mut leaked = Vec::new();
     let mut warm = None;
     // After the warm-up: raw RSS every 100 ms, the lowest and highest kept;
-    // settled RSS every second (600 entries in 10 minutes); heapwatch's
-    // overhead every 100 ms (6,000 entries).
+    // settled RSS every second (600 entries in 10 minutes) with the bytes
+    // leaked by then; heapwatch's overhead every 100 ms (6,000 entries).
     let (mut lowest, mut highest) = (u64::MAX, 0);
     let mut rss = Vec::with_capacity(args.run.as_secs() as usize + 1);
+    let mut leaked_by = Vec::with_capacity(args.run.as_secs() as usize + 1);
     let mut overhead = Vec::with_capacity((args.run.as_millis() / 100) as usize + 1);
     let mut settled_at = Duration::ZERO;
     while start.elapsed() < args.run {
@@ -405,8 +422,10 @@ fn main() -> ExitCode {
             (lowest, highest) = (lowest.min(raw), highest.max(raw));
             if start.elapsed() >= settled_at {
                 return_free_pages();
-                rss.push((start.elapsed(), rss_bytes()));
-                settled_at = start.elapsed() + Duration::from_secs(1);
+                let now = start.elapsed();
+                rss.push((now, rss_bytes()));
+                leaked_by.push((now, (leaked.len() * LEAK_BLOCK) as u64));
+                settled_at = now + Duration::from_secs(1);
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -414,6 +433,7 @@ fn main() -> ExitCode {
     return_free_pages();
     let end = reading(start);
     rss.push((end.at, rss_bytes()));
+    leaked_by.push((end.at, (leaked.len() * LEAK_BLOCK) as u64));
     overhead.push((end.at, end.overhead));
     let leaks = get(addr, "/heap/leaks?top=5");
     stop.store(true, Relaxed);
@@ -444,7 +464,7 @@ fn main() -> ExitCode {
     }
     if highest > 0 {
         println!(
-            "soak: rss raw   {:>7.1} MiB to {:>7.1} MiB (every 100 ms after the warm-up)",
+            "soak: rss raw   {:>7.1} MiB to {:>7.1} MiB (every 100 ms after the warm-up, purged once a second)",
             mib(lowest),
             mib(highest)
         );
@@ -511,10 +531,10 @@ fn main() -> ExitCode {
             ok = false;
         }
         // The RSS check must see a leak too: at least half of what leaked
-        // between the two floors (16 KiB per 100 ms).
+        // between the two floors' readings.
+        let leaked_at = |t: Duration| leaked_by.iter().find(|r| r.0 == t).map_or(0, |r| r.1);
         if let (Some((t0, a)), Some((t1, b))) = (first, last) {
-            let leaked_between =
-                (t1.saturating_sub(t0).as_millis() / 100) as u64 * LEAK_BLOCK as u64;
+            let leaked_between = leaked_at(t1).saturating_sub(leaked_at(t0));
             if b.saturating_sub(a) < leaked_between / 2 {
                 eprintln!(
                     "soak: FAIL: the RSS floor grew {:.1} MiB, less than half the {:.1} MiB leaked between its readings",
@@ -523,6 +543,9 @@ fn main() -> ExitCode {
                 );
                 ok = false;
             }
+        } else {
+            eprintln!("soak: FAIL: too few settled readings to compare RSS floors");
+            ok = false;
         }
     } else {
         for (what, floors) in [
@@ -530,7 +553,7 @@ fn main() -> ExitCode {
             ("overhead floor", overhead_floors),
         ] {
             let (Some((_, a)), Some((_, b))) = floors else {
-                eprintln!("soak: FAIL: too short a run to compare {what}s");
+                eprintln!("soak: FAIL: too few readings to compare {what}s");
                 ok = false;
                 continue;
             };
