@@ -45,11 +45,8 @@ fn cli_env(args: &[&str], token_env: Option<&str>) -> Output {
     // Requests to a server get a minute, not the default 5 s: a debug
     // build's first snapshot on a loaded machine must not fail a test.
     let to_a_server = matches!(args, ["get" | "top", url, ..] if url.starts_with("http://"));
-    if to_a_server
-        && !args
-            .iter()
-            .any(|a| ["--timeout", "--help", "-h"].contains(a))
-    {
+    let given = |a: &&str| a.starts_with("--timeout") || ["--help", "-h"].contains(a);
+    if to_a_server && !args.iter().any(given) {
         cmd.args(["--timeout", "60"]);
     }
     if let Some(t) = token_env {
@@ -86,7 +83,7 @@ fn temp_file(name: &str) -> PathBuf {
 /// stays held while the returned descriptor lives.
 fn closed_port() -> (SocketAddr, OwnedFd) {
     // SAFETY: plain socket(2); the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
     // SAFETY: fd is a new descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };

@@ -141,8 +141,9 @@ fn routes_history_diff_and_shutdown() {
         // 1,000 intervals: ids stay retained far longer than the test runs.
         .history_len(1000)
         // Every callsite in every retained snapshot: a base cut to the
-        // default 256 could not call grow_for_diff's callsite new (exact
-        // mode in a test binary has 110-120, with the parallel test's).
+        // default 256 could not call grow_for_diff's callsite new, and
+        // exact mode in this binary already has 110-120 (with the parallel
+        // test's): half the default, and growing with the tests.
         .history_callsites(100_000)
         // 20 intervals: a verdict needs points spanning a tenth of it.
         .leak_window(Duration::from_millis(interval_ms * 20))
