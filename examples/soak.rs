@@ -532,7 +532,14 @@ fn main() -> ExitCode {
         }
         // The RSS check must see a leak too: at least half of what leaked
         // between the two floors' readings.
-        let leaked_at = |t: Duration| leaked_by.iter().find(|r| r.0 == t).map_or(0, |r| r.1);
+        // Each settled reading was pushed to both with the same time.
+        let leaked_at = |t: Duration| {
+            leaked_by
+                .iter()
+                .find(|r| r.0 == t)
+                .expect("a settled reading's leaked bytes")
+                .1
+        };
         if let (Some((t0, a)), Some((t1, b))) = (first, last) {
             let leaked_between = leaked_at(t1).saturating_sub(leaked_at(t0));
             if b.saturating_sub(a) < leaked_between / 2 {
