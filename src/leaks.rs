@@ -170,6 +170,14 @@ pub struct LeakReport {
     pub callsites: Vec<CallsiteGrowth>,
     /// The budget's state when the report was made.
     pub budget: BudgetStatus,
+    /// The longest span the endpoint's history can hold, in milliseconds:
+    /// `(history_len - 1) × history_interval`. Set by `/heap/leaks`, `None`
+    /// (left out of the JSON) from [`leak_report`]. When it is under a
+    /// tenth of `window_ms`, `enough_data` can never become `true`: raise
+    /// `history_len` or lower `leak_window`
+    /// ([`ServerBuilder`](crate::ServerBuilder)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_span_max_ms: Option<u64>,
 }
 
 /// Grades the growth of live bytes over the snapshots taken within
@@ -319,6 +327,7 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
         process,
         callsites,
         budget,
+        history_span_max_ms: None,
     }
 }
 
@@ -629,6 +638,8 @@ mod tests {
         }
         assert_eq!(v["process"]["severity"], "low");
         assert_eq!(v["window_ms"], 300_000);
+        // Only the endpoint knows its history's capacity.
+        assert!(v.get("history_span_max_ms").is_none());
         assert!(v["budget"].get("level").is_some());
     }
 }
