@@ -170,14 +170,16 @@ pub struct LeakReport {
     pub callsites: Vec<CallsiteGrowth>,
     /// The budget's state when the report was made.
     pub budget: BudgetStatus,
-    /// The longest span the endpoint's history can hold, in milliseconds:
-    /// `(history_len - 1) × history_interval`. Set by `/heap/leaks`, `None`
-    /// (left out of the JSON) from [`leak_report`]. When it is under a
-    /// tenth of `window_ms`, `enough_data` can never become `true`: raise
+    /// The span the endpoint's full history covers when its snapshots are
+    /// taken on schedule, in milliseconds: `(history_len - 1) ×
+    /// history_interval`. Set by `/heap/leaks`, `None` (left out of the
+    /// JSON) from [`leak_report`]. When it is under a tenth of `window_ms`,
+    /// the history is too short for the window: `enough_data` stays `false`
+    /// unless slow snapshots or a paused process stretch it. Raise
     /// `history_len` or lower `leak_window`
     /// ([`ServerBuilder`](crate::ServerBuilder)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history_span_max_ms: Option<u64>,
+    pub history_span_ms: Option<u64>,
 }
 
 /// Grades the growth of live bytes over the snapshots taken within
@@ -327,7 +329,7 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
         process,
         callsites,
         budget,
-        history_span_max_ms: None,
+        history_span_ms: None,
     }
 }
 
@@ -639,7 +641,7 @@ mod tests {
         assert_eq!(v["process"]["severity"], "low");
         assert_eq!(v["window_ms"], 300_000);
         // Only the endpoint knows its history's capacity.
-        assert!(v.get("history_span_max_ms").is_none());
+        assert!(v.get("history_span_ms").is_none());
         assert!(v["budget"].get("level").is_some());
     }
 }

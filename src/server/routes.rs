@@ -269,7 +269,7 @@ async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiErro
             }
             let len = u32::try_from(state.cfg.history_len.saturating_sub(1)).unwrap_or(u32::MAX);
             let span = state.cfg.history_interval.saturating_mul(len);
-            report.history_span_max_ms = Some(u64::try_from(span.as_millis()).unwrap_or(u64::MAX));
+            report.history_span_ms = Some(u64::try_from(span.as_millis()).unwrap_or(u64::MAX));
             state.with_history(|h| {
                 for c in &mut report.callsites {
                     if let Some(f) = h.frames(&c.id) {
