@@ -324,10 +324,11 @@ fn floor(samples: &[(Duration, u64)], from: Duration, to: Duration) -> Option<(D
     window.into_iter().min_by_key(|(_, value)| *value).copied()
 }
 
-/// The floors of the first and the last third of `samples`, taken in
-/// `[from, to]`.
+/// A floor of the first third and one of the last.
 type Floors = (Option<(Duration, u64)>, Option<(Duration, u64)>);
 
+/// The floors of the first and the last third of `samples`, taken in
+/// `[from, to]`.
 fn floors(samples: &[(Duration, u64)], from: Duration, to: Duration) -> Floors {
     let third = to.saturating_sub(from) / 3;
     (
