@@ -33,8 +33,9 @@
 //! - **Callsites** ([`snapshot`], [`Snapshot`], [`Sampling`]): Poisson
 //!   sampling by bytes (512 KiB by default, unbiased weights) that is cheap
 //!   enough to leave on, or every allocation exactly. Stacks are captured
-//!   into fixed buffers (frame pointers when the build keeps them, else the
-//!   `backtrace` crate) and symbolized only when a snapshot is built.
+//!   into fixed buffers (frame pointers when the build keeps them, else
+//!   cached DWARF CFI rules on x86-64 Linux, else the `backtrace` crate) and
+//!   symbolized only when a snapshot is built.
 //! - **Diffs** ([`Snapshot::diff`]): in-use figures are differences of
 //!   absolute values, cumulative ones are subtracted; snapshots saved from
 //!   two runs diff by their symbolized frames.
@@ -45,7 +46,8 @@
 //!   per-thread counts, so they work while other tests run in parallel.
 //! - **An endpoint** (`serve`, `ServerBuilder`, feature `server`): `/heap`,
 //!   `/heap/history`, `/heap/diff`, `/heap/leaks`, `/debug/pprof/heap`,
-//!   `/metrics`, a flamegraph and a dashboard, on its own thread.
+//!   `/debug/pprof/allocs`, `/metrics`, a flamegraph and a dashboard, on
+//!   its own thread.
 //!
 //! # The allocator hook
 //!
@@ -67,6 +69,8 @@
 //!   `pprof` and `flamegraph`.
 //! - `pprof`: [`Snapshot::to_pprof`], gzipped pprof protobuf.
 //! - `flamegraph`: `Snapshot::to_flamegraph_svg`.
+//! - `cli`: the `heapwatch` command-line tool (`get`, `diff`, `top`;
+//!   `docs/CLI.md`), no extra dependency.
 //!
 //! # Known limitation with `dhat::Alloc` (not on 64-bit Linux)
 //!
