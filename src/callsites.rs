@@ -29,12 +29,18 @@
 //!
 //! # Fork
 //!
-//! When the tables are first mapped, a `pthread_atfork` handler is
-//! registered: `prepare` takes the 64 stripe locks in order, `parent` and
-//! `child` release them. A thread that holds a stripe lock while another
-//! thread forks therefore finishes its few stores first, and the child never
-//! starts with a lock held by a thread it does not have (which would hang it
-//! at its next sampled free). A callsite slot being written at the fork is
+//! When the tables are first mapped, or the symbolizer is first used, a
+//! `pthread_atfork` handler is registered: `prepare` takes the
+//! symbolizer's locks (`symbolize::before_fork`), then the 64 stripe locks
+//! in order; `parent` and `child` release them. A thread that holds one of
+//! them while another thread forks therefore finishes first (a few stores
+//! for a stripe; for the symbolizer, the address or snapshot it is
+//! working on, which can delay the `fork` by tens of milliseconds while
+//! debug information is read), and the child never starts with a lock
+//! held by a thread it does not have (which would hang it at its next
+//! sampled free, or its first `snapshot()`). The symbolizer's locks come
+//! first because a thread holding one of them can free a block and so take
+//! a stripe lock, never the other way round. A callsite slot being written at the fork is
 //! waited for a bounded time by the child, then the sample goes to the
 //! unattributed row; tables being mapped at the fork stay unmapped in the
 //! child (its samples count as `dropped_no_tables`).
@@ -362,16 +368,22 @@ fn tables_ready() -> bool {
     true
 }
 
-/// Registers the fork handlers; called once, by the thread that mapped the
-/// tables (before that, no stripe lock is ever taken: `insert` and `take`
-/// return early on empty tables).
-fn register_atfork() {
+/// Registers the fork handlers, once: by the thread that mapped the tables
+/// (before that, no stripe lock is ever taken: `insert` and `take` return
+/// early on empty tables), or by the symbolizer before it first takes one
+/// of its locks, whichever comes first.
+pub(crate) fn register_atfork() {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    if REGISTERED.swap(true, Relaxed) {
+        return;
+    }
     // SAFETY: the three handlers are `extern "C" fn()`s that live for the
-    // whole program, touch only static atomics (`STRIPE_LOCKS`, and in the
-    // child the pending caches' `READERS` and sequence numbers), never
-    // allocate through the global allocator and never unwind. A failure
-    // (ENOMEM) only leaves forks unprotected, as before this handler
-    // existed.
+    // whole program and never unwind. `parent` and `child` touch only
+    // static atomics (`STRIPE_LOCKS`, in the child the pending caches'
+    // `READERS` and sequence numbers) and the symbolizer's locks, and never
+    // allocate; `prepare` runs before the `fork`, as ordinary code of the
+    // forking thread (see `symbolize::before_fork`). A failure (ENOMEM)
+    // only leaves forks unprotected, as before this handler existed.
     let _ = unsafe {
         libc::pthread_atfork(
             Some(atfork_prepare),
@@ -381,10 +393,12 @@ fn register_atfork() {
     };
 }
 
-/// Before `fork`: takes every stripe lock, in index order (the only order
-/// in which one thread ever holds more than one). A lock is held for a few
-/// stores and never across an allocation, so this waits only for those.
+/// Before `fork`: takes the symbolizer's locks, then every stripe lock, in
+/// index order (the only order in which one thread ever holds more than
+/// one). A stripe lock is held for a few stores and never across an
+/// allocation, so this waits only for those.
 extern "C" fn atfork_prepare() {
+    crate::symbolize::before_fork();
     for stripe in &STRIPE_LOCKS {
         // Released by `atfork_release` in the parent and in the child.
         std::mem::forget(stripe.lock());
@@ -398,6 +412,7 @@ extern "C" fn atfork_release() {
     for stripe in &STRIPE_LOCKS {
         stripe.locked.store(false, Release);
     }
+    crate::symbolize::after_fork();
 }
 
 /// After `fork`, in the child: releases the stripe locks, and clears what

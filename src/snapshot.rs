@@ -47,7 +47,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -261,7 +261,7 @@ pub fn snapshot() -> Snapshot {
         let mut snap = Snapshot {
             version: SNAPSHOT_VERSION,
             id: NEXT_ID.fetch_add(1, Relaxed),
-            run_id: run_id().to_string(),
+            run_id: run_id(),
             taken_at_ms: crate::clock::now_ms(),
             uptime_ms: crate::clock::uptime_ms(),
             mode: mode.name().to_string(),
@@ -474,17 +474,21 @@ pub(crate) fn frames_id(frames: &[Frame]) -> String {
     format!("{h:016x}")
 }
 
-fn run_id() -> &'static str {
-    static RUN: OnceLock<String> = OnceLock::new();
-    RUN.get_or_init(|| {
-        crate::guard::untracked(|| {
-            format!(
-                "{:x}-{:x}",
-                std::process::id(),
-                crate::clock::now_ms() ^ crate::clock::monotonic_ns()
-            )
-        })
-    })
+/// Identifies the process taking a snapshot: its pid, and a nonce drawn
+/// once per run (pids are reused). A `fork` child has a pid of its own,
+/// so its own run id, although it inherits the nonce. Nothing here waits
+/// on another thread, so a child forked at any moment can make it.
+fn run_id() -> String {
+    static NONCE: AtomicU64 = AtomicU64::new(0);
+    let mut nonce = NONCE.load(Relaxed);
+    if nonce == 0 {
+        let fresh = (crate::clock::now_ms() ^ crate::clock::monotonic_ns()).max(1);
+        nonce = match NONCE.compare_exchange(0, fresh, Relaxed, Relaxed) {
+            Ok(_) => fresh,
+            Err(drawn) => drawn,
+        };
+    }
+    format!("{:x}-{nonce:x}", std::process::id())
 }
 
 static INNER_IS_JEMALLOC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

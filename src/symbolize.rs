@@ -6,8 +6,9 @@
 //! counted as heapwatch's overhead. The cache is bounded
 //! ([`CACHE_CAPACITY`] addresses; when full it is cleared and refilled).
 
+use std::cell::UnsafeCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,7 @@ pub struct Frame {
 type Cache = Mutex<HashMap<usize, Arc<[Frame]>>>;
 
 fn cache() -> &'static Cache {
+    crate::callsites::register_atfork();
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(|| untracked(|| Mutex::new(HashMap::new())))
 }
@@ -70,6 +72,7 @@ pub(crate) struct SiteSymbols {
 type SiteCache = Mutex<HashMap<u32, SiteSymbols>>;
 
 fn site_cache() -> &'static SiteCache {
+    crate::callsites::register_atfork();
     static CACHE: OnceLock<SiteCache> = OnceLock::new();
     CACHE.get_or_init(|| untracked(|| Mutex::new(HashMap::new())))
 }
@@ -130,8 +133,61 @@ pub(crate) fn release_debug_info() {
 /// snapshot has not seen and dropped by [`release_debug_info`].
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 fn objects() -> &'static Mutex<Option<objects::Objects>> {
+    crate::callsites::register_atfork();
     static OBJECTS: Mutex<Option<objects::Objects>> = Mutex::new(None);
     &OBJECTS
+}
+
+/// The symbolizer's locks, held by a forking thread from [`before_fork`]
+/// to [`after_fork`].
+struct ForkHeld {
+    _sites: MutexGuard<'static, HashMap<u32, SiteSymbols>>,
+    _cache: MutexGuard<'static, HashMap<usize, Arc<[Frame]>>>,
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    _objects: MutexGuard<'static, Option<objects::Objects>>,
+}
+
+/// Where [`before_fork`] keeps the guards until [`after_fork`] drops them.
+struct ForkSlot(UnsafeCell<Option<ForkHeld>>);
+
+// SAFETY: the slot is only written and read by a thread that holds every
+// lock whose guard it keeps (see `before_fork` and `after_fork`): the locks
+// themselves make those accesses one thread at a time.
+unsafe impl Sync for ForkSlot {}
+
+static FORK_HELD: ForkSlot = ForkSlot(UnsafeCell::new(None));
+
+/// Before `fork` (from the `pthread_atfork` handler in `callsites`): takes
+/// the symbolizer's locks, so that no other thread is in the middle of
+/// symbolizing when the process is copied. A child would otherwise start
+/// with a lock held by a thread it does not have, and hang in its first
+/// `snapshot()`. Runs as ordinary code of the forking thread, before any
+/// other lock of the `fork` is taken: it may wait for a snapshot being
+/// built on another thread to finish the address it is reading, and may
+/// allocate (the caches are created on first use).
+pub(crate) fn before_fork() {
+    let held = ForkHeld {
+        _sites: site_cache().lock().unwrap_or_else(PoisonError::into_inner),
+        _cache: cache().lock().unwrap_or_else(PoisonError::into_inner),
+        #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+        _objects: objects().lock().unwrap_or_else(PoisonError::into_inner),
+    };
+    // SAFETY: this thread now holds every lock the slot's guards are for,
+    // so no other thread is in `before_fork` past this point or in
+    // `after_fork` (see `ForkSlot`). The slot is empty: the last
+    // `before_fork` was followed by an `after_fork` (in the parent, also
+    // when `fork` fails).
+    unsafe { *FORK_HELD.0.get() = Some(held) };
+}
+
+/// After `fork`, in the parent and in the child: releases the locks
+/// [`before_fork`] took. Never allocates.
+pub(crate) fn after_fork() {
+    // SAFETY: runs on the thread that ran `before_fork` (in the child, on
+    // its copy, the child's only thread), which holds the locks; see
+    // `ForkSlot`.
+    let held = unsafe { (*FORK_HELD.0.get()).take() };
+    drop(held);
 }
 
 /// The symbol cache's size now (addresses).

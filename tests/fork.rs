@@ -5,6 +5,11 @@
 //! `pthread_atfork` handler in `src/callsites.rs`, a child forked while
 //! another thread held a stripe lock hangs at its first free in that stripe;
 //! here such a child is killed at the deadline and the test fails.
+//!
+//! The second part forks while another thread builds snapshots without
+//! pause, and every child builds one: without the handler's taking of the
+//! symbolizer's locks (`symbolize::before_fork`), a child forked while the
+//! other thread held one hung in its `snapshot()`.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
@@ -21,6 +26,8 @@ const FORKS: usize = 100;
 /// Every this many rounds the child also builds and checks a snapshot.
 const SNAPSHOT_EVERY: usize = 10;
 const ALLOCATING_THREADS: usize = 3;
+/// Forks of the second part, every child building a snapshot.
+const SNAPSHOT_FORKS: usize = 40;
 /// How long a child may take (it allocates a few thousand blocks in exact
 /// mode and symbolizes a snapshot: well under a second even in debug).
 const CHILD_DEADLINE: Duration = Duration::from_secs(30);
@@ -60,9 +67,34 @@ fn child_blocks(n: usize) -> Vec<Box<[u8; 40]>> {
     v
 }
 
+/// A new callsite for each fork of the second part: a snapshot that meets
+/// its address reads debug information, holding the symbolizer's lock for
+/// milliseconds, around the time of the fork.
+#[inline(never)]
+fn site<const N: usize>() -> Box<[u8; 56]> {
+    black_box(Box::new([N as u8; 56]))
+}
+
+const SITES: [fn() -> Box<[u8; 56]>; 64] = [
+    site::<0>, site::<1>, site::<2>, site::<3>, site::<4>, site::<5>, site::<6>, site::<7>,
+    site::<8>, site::<9>, site::<10>, site::<11>, site::<12>, site::<13>, site::<14>, site::<15>,
+    site::<16>, site::<17>, site::<18>, site::<19>, site::<20>, site::<21>, site::<22>, site::<23>,
+    site::<24>, site::<25>, site::<26>, site::<27>, site::<28>, site::<29>, site::<30>, site::<31>,
+    site::<32>, site::<33>, site::<34>, site::<35>, site::<36>, site::<37>, site::<38>, site::<39>,
+    site::<40>, site::<41>, site::<42>, site::<43>, site::<44>, site::<45>, site::<46>, site::<47>,
+    site::<48>, site::<49>, site::<50>, site::<51>, site::<52>, site::<53>, site::<54>, site::<55>,
+    site::<56>, site::<57>, site::<58>, site::<59>, site::<60>, site::<61>, site::<62>, site::<63>,
+];
+
 /// Runs in the child: returns an error message instead of panicking.
+/// `parent_run` is the parent's run id: the child's snapshot must not have
+/// it.
 #[allow(clippy::vec_box)]
-fn child_body(inherited: Vec<Box<[u8; 24]>>, with_snapshot: bool) -> Result<(), String> {
+fn child_body(
+    inherited: Vec<Box<[u8; 24]>>,
+    with_snapshot: bool,
+    parent_run: &str,
+) -> Result<(), String> {
     // Free blocks the parent allocated (and sampled) before the fork: this
     // goes through the live-block table's stripes.
     drop(black_box(inherited));
@@ -89,6 +121,9 @@ fn child_body(inherited: Vec<Box<[u8; 24]>>, with_snapshot: bool) -> Result<(), 
     }
 
     let snap = heapwatch::snapshot();
+    if snap.run_id == parent_run {
+        return Err(format!("the child has its parent's run id {parent_run}"));
+    }
     if snap.totals.allocations < s2.allocations {
         return Err(format!("snapshot totals went back: {:?}", snap.totals));
     }
@@ -144,22 +179,50 @@ fn wait_child(pid: libc::pid_t) -> Result<(), String> {
     }
 }
 
-fn children_forked_during_exact_mode_churn_work() {
+/// Forks `forks` times, each child running `child_body` (with a snapshot
+/// when `snapshot_every` divides the round), while `ALLOCATING_THREADS`
+/// threads churn and, if `with_snapshotter`, one more builds snapshots
+/// without pause; fails on any child that fails or hangs.
+fn fork_during(forks: usize, snapshot_every: usize, with_snapshotter: bool) {
     // Warm up in the parent: map the tables and load debug info once, so
     // children inherit both.
-    drop(heapwatch::snapshot());
+    let parent_run = heapwatch::snapshot().run_id;
 
-    let threads: Vec<_> = (0..ALLOCATING_THREADS)
+    STOP.store(false, Relaxed);
+    let mut threads: Vec<_> = (0..ALLOCATING_THREADS)
         .map(|i| std::thread::spawn(move || churn(0x9E37_79B9 * (i as u64 + 1))))
         .collect();
+    let snapshots = std::sync::Arc::new(AtomicU64::new(0));
+    if with_snapshotter {
+        let snapshots = std::sync::Arc::clone(&snapshots);
+        threads.push(std::thread::spawn(move || {
+            while !STOP.load(Relaxed) {
+                drop(black_box(heapwatch::snapshot()));
+                snapshots.fetch_add(1, Relaxed);
+            }
+        }));
+    }
 
     let mut failures = Vec::new();
-    for round in 0..FORKS {
-        // Make sure the churn threads are running before forking.
+    let mut new_sites = Vec::new();
+    for round in 0..forks {
+        if with_snapshotter {
+            // A callsite no snapshot has seen: the snapshot after the one
+            // in progress reads debug information for it, under the lock.
+            new_sites.push(SITES[round % SITES.len()]());
+        }
+        // Make sure the other threads are running before forking.
         let seen = CHURNED.load(Relaxed);
+        let seen_snapshots = snapshots.load(Relaxed);
         let wait_start = Instant::now();
-        while CHURNED.load(Relaxed) < seen + 100 && wait_start.elapsed() < CHILD_DEADLINE {
+        while (CHURNED.load(Relaxed) < seen + 100
+            || (with_snapshotter && snapshots.load(Relaxed) == seen_snapshots))
+            && wait_start.elapsed() < CHILD_DEADLINE
+        {
             std::hint::spin_loop();
+        }
+        if with_snapshotter {
+            std::thread::sleep(Duration::from_millis(2));
         }
         let inherited: Vec<Box<[u8; 24]>> = (0..200).map(|_| Box::new([3u8; 24])).collect();
         // SAFETY: the child only runs `child_body` (allocating through the
@@ -168,8 +231,8 @@ fn children_forked_during_exact_mode_churn_work() {
         // atexit handler of the parent's.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let with_snapshot = round % SNAPSHOT_EVERY == 0;
-            let ok = std::panic::catch_unwind(move || child_body(inherited, with_snapshot));
+            let with_snapshot = round % snapshot_every == 0;
+            let ok = std::panic::catch_unwind(|| child_body(inherited, with_snapshot, &parent_run));
             let code = match ok {
                 Ok(Ok(())) => 0,
                 Ok(Err(msg)) => {
@@ -186,6 +249,11 @@ fn children_forked_during_exact_mode_churn_work() {
         drop(inherited);
         if let Err(e) = wait_child(pid) {
             failures.push(format!("round {round}: {e}"));
+            if failures.len() == 3 {
+                // Enough to see what is wrong without waiting out every
+                // child's deadline.
+                break;
+            }
         }
     }
 
@@ -201,7 +269,7 @@ fn children_forked_during_exact_mode_churn_work() {
     });
     assert!(
         rx.recv_timeout(Duration::from_secs(60)).is_ok(),
-        "the parent's allocating threads did not stop"
+        "the parent's other threads did not stop"
     );
     // The joiner's own exit frees its thread's blocks: wait for it, so that
     // it does not free them between the two readings below.
@@ -217,9 +285,18 @@ fn children_forked_during_exact_mode_churn_work() {
     drop(v);
 }
 
+fn children_forked_during_exact_mode_churn_work() {
+    fork_during(FORKS, SNAPSHOT_EVERY, false);
+}
+
+fn children_forked_while_snapshots_are_built_can_snapshot() {
+    fork_during(SNAPSHOT_FORKS, 1, true);
+}
+
 // `harness = false` (Cargo.toml): this file compares process-wide figures,
 // and libtest's own threads allocate while a test starts.
 fn main() {
     children_forked_during_exact_mode_churn_work();
+    children_forked_while_snapshots_are_built_can_snapshot();
     println!("fork: ok");
 }
