@@ -81,7 +81,7 @@ content-length: 58\r\n\
 
 /// Starts the HTTP endpoint on `addr` with the default settings (see
 /// [`ServerBuilder`]). The address must be loopback; `HEAPWATCH_TOKEN`, if
-/// set, is required as a bearer token.
+/// set and not empty, is required as a bearer token.
 ///
 /// # Errors
 ///
