@@ -33,14 +33,30 @@
 //! `pthread_atfork` handler is registered: `prepare` takes the
 //! symbolizer's locks (`symbolize::before_fork`), then the 64 stripe locks
 //! in order; `parent` and `child` release them. A thread that holds one of
-//! them while another thread forks therefore finishes first (a few stores
-//! for a stripe; for the symbolizer, the address or snapshot it is
-//! working on, which can delay the `fork` by tens of milliseconds while
-//! debug information is read), and the child never starts with a lock
-//! held by a thread it does not have (which would hang it at its next
-//! sampled free, or its first `snapshot()`). The symbolizer's locks come
-//! first because a thread holding one of them can free a block and so take
-//! a stripe lock, never the other way round. A callsite slot being written at the fork is
+//! them while another thread forks therefore finishes first, and the child
+//! never starts with a lock held by a thread it does not have (which would
+//! hang it at its next sampled free, or its first `snapshot()`). A stripe
+//! is held for a few stores; the symbolizer's `objects` lock for as long as
+//! a snapshot takes to read one object's debug information, which grows
+//! with the binary (a snapshot after one new callsite takes 17-19 ms in the
+//! release demo, BENCHMARKS.md) and recurs whenever a snapshot meets
+//! addresses not seen before: a `fork` can be delayed by that much. The symbolizer's locks come first because a
+//! thread holding one of them can free a block and so take a stripe lock,
+//! never the other way round. Both are registered after the inner
+//! allocator's own fork handler (jemalloc's is registered when it starts),
+//! so `prepare` runs before that handler takes the allocator's locks,
+//! while a thread holding the symbolizer's lock can still allocate.
+//!
+//! A child never lists the loaded objects again (`dl_iterate_phdr` takes
+//! the loader's lock, which another thread of the parent, heapwatch's own
+//! CFI unwinder included, may have held at the fork): it symbolizes with
+//! the list it inherited, made by `prepare` if no snapshot had made it.
+//!
+//! Not covered: a `fork` from a signal handler that interrupted the forking
+//! thread while it held one of these locks deadlocks in `prepare` (as it
+//! would in glibc's `malloc` lock); and on targets other than 64-bit Linux
+//! symbolization takes the `backtrace` crate's lock, which the handler
+//! does not take. A callsite slot being written at the fork is
 //! waited for a bounded time by the child, then the sample goes to the
 //! unattributed row; tables being mapped at the fork stay unmapped in the
 //! child (its samples count as `dropped_no_tables`).
@@ -374,7 +390,8 @@ fn tables_ready() -> bool {
 /// of its locks, whichever comes first.
 pub(crate) fn register_atfork() {
     static REGISTERED: AtomicBool = AtomicBool::new(false);
-    if REGISTERED.swap(true, Relaxed) {
+    // A plain load first: the symbolizer calls this on every look-up.
+    if REGISTERED.load(Relaxed) || REGISTERED.swap(true, Relaxed) {
         return;
     }
     // SAFETY: the three handlers are `extern "C" fn()`s that live for the
@@ -419,6 +436,7 @@ extern "C" fn atfork_release() {
 /// threads that the child does not have left in the pending caches (see
 /// `pending::after_fork_in_child`).
 extern "C" fn atfork_child() {
+    crate::symbolize::after_fork_in_child();
     atfork_release();
     pending::after_fork_in_child();
 }

@@ -118,7 +118,11 @@ pub(crate) fn release_debug_info() {
     #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
     {
         PARSED.store(false, std::sync::atomic::Ordering::Relaxed);
-        untracked(|| drop(objects().lock().unwrap_or_else(|e| e.into_inner()).take()));
+        untracked(|| {
+            if let Some(objects) = objects().lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                objects.release();
+            }
+        });
     }
     // Elsewhere the `backtrace` crate symbolizes, into the cache it shares
     // with the program: clearing it may free the program's entries as
@@ -130,7 +134,8 @@ pub(crate) fn release_debug_info() {
 }
 
 /// heapwatch's own symbolizer's state, read on the first address a
-/// snapshot has not seen and dropped by [`release_debug_info`].
+/// snapshot has not seen; what it read is dropped by
+/// [`release_debug_info`], its list of objects is kept.
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 fn objects() -> &'static Mutex<Option<objects::Objects>> {
     crate::callsites::register_atfork();
@@ -152,7 +157,10 @@ struct ForkSlot(UnsafeCell<Option<ForkHeld>>);
 
 // SAFETY: the slot is only written and read by a thread that holds every
 // lock whose guard it keeps (see `before_fork` and `after_fork`): the locks
-// themselves make those accesses one thread at a time.
+// themselves make those accesses one thread at a time. `prepare` and the
+// `parent` and `child` handlers of one `fork` run on the forking thread
+// (pthread_atfork(3)), so the guards are dropped by the thread that took
+// them, or, in the child, by its copy.
 unsafe impl Sync for ForkSlot {}
 
 static FORK_HELD: ForkSlot = ForkSlot(UnsafeCell::new(None));
@@ -161,16 +169,26 @@ static FORK_HELD: ForkSlot = ForkSlot(UnsafeCell::new(None));
 /// the symbolizer's locks, so that no other thread is in the middle of
 /// symbolizing when the process is copied. A child would otherwise start
 /// with a lock held by a thread it does not have, and hang in its first
-/// `snapshot()`. Runs as ordinary code of the forking thread, before any
-/// other lock of the `fork` is taken: it may wait for a snapshot being
-/// built on another thread to finish the address it is reading, and may
-/// allocate (the caches are created on first use).
+/// `snapshot()`. Runs as ordinary code of the forking thread, before the
+/// fork handlers registered earlier (the inner allocator's) and glibc's
+/// own fork locks: it may wait for a snapshot being built on another
+/// thread to finish the address it is reading, and, if no snapshot has
+/// listed the loaded objects yet, lists them (allocating) so that the
+/// child inherits the list (see `Objects::frames`).
 pub(crate) fn before_fork() {
     let held = ForkHeld {
         _sites: site_cache().lock().unwrap_or_else(PoisonError::into_inner),
         _cache: cache().lock().unwrap_or_else(PoisonError::into_inner),
         #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-        _objects: objects().lock().unwrap_or_else(PoisonError::into_inner),
+        _objects: {
+            let mut objects = objects().lock().unwrap_or_else(PoisonError::into_inner);
+            // The child must not list the loaded objects itself (see
+            // `Objects::frames`): it inherits this list.
+            if objects.is_none() && !in_fork_child() {
+                *objects = Some(untracked(objects::Objects::load));
+            }
+            objects
+        },
     };
     // SAFETY: this thread now holds every lock the slot's guards are for,
     // so no other thread is in `before_fork` past this point or in
@@ -178,6 +196,25 @@ pub(crate) fn before_fork() {
     // `before_fork` was followed by an `after_fork` (in the parent, also
     // when `fork` fails).
     unsafe { *FORK_HELD.0.get() = Some(held) };
+}
+
+/// Set in a `fork` child (by [`after_fork_in_child`]), for good.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is a `fork` child of a process that had registered
+/// heapwatch's fork handler (see `callsites::register_atfork`).
+#[cfg_attr(
+    not(all(target_os = "linux", target_pointer_width = "64")),
+    allow(dead_code)
+)]
+pub(crate) fn in_fork_child() -> bool {
+    FORKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// After `fork`, in the child, before [`after_fork`]: remembers that this
+/// is a child. Never allocates.
+pub(crate) fn after_fork_in_child() {
+    FORKED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// After `fork`, in the parent and in the child: releases the locks

@@ -10,6 +10,15 @@
 //! pause, and every child builds one: without the handler's taking of the
 //! symbolizer's locks (`symbolize::before_fork`), a child forked while the
 //! other thread held one hung in its `snapshot()`.
+//!
+//! The third part forks while another thread is inside `dl_iterate_phdr`
+//! (holding the loader's lock, as heapwatch's CFI unwinder does on a cache
+//! miss): a child that listed the loaded objects again to symbolize hung
+//! there; it now uses the list it inherited.
+//!
+//! A watchdog aborts the process if the whole file takes more than
+//! `WATCHDOG`: a deadlock in the parent's own `fork` (its `prepare`
+//! handler) is not caught by the children's deadlines.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
@@ -28,6 +37,10 @@ const SNAPSHOT_EVERY: usize = 10;
 const ALLOCATING_THREADS: usize = 3;
 /// Forks of the second part, every child building a snapshot.
 const SNAPSHOT_FORKS: usize = 40;
+/// Forks of the third part.
+const LOADER_FORKS: usize = 5;
+/// The most the whole test may take (it takes under a minute).
+const WATCHDOG: Duration = Duration::from_secs(600);
 /// How long a child may take (it allocates a few thousand blocks in exact
 /// mode and symbolizes a snapshot: well under a second even in debug).
 const CHILD_DEADLINE: Duration = Duration::from_secs(30);
@@ -293,10 +306,74 @@ fn children_forked_while_snapshots_are_built_can_snapshot() {
     fork_during(SNAPSHOT_FORKS, 1, true);
 }
 
+/// Set by `in_loader` once it is inside `dl_iterate_phdr`'s callback;
+/// cleared by the main thread to let it out.
+static IN_LOADER: AtomicBool = AtomicBool::new(false);
+
+/// `dl_iterate_phdr`'s callback: stays in (with the loader's lock held)
+/// until the main thread clears `IN_LOADER`, or 30 s pass.
+unsafe extern "C" fn in_loader(
+    _info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    _data: *mut libc::c_void,
+) -> libc::c_int {
+    IN_LOADER.store(true, SeqCst);
+    let start = Instant::now();
+    while IN_LOADER.load(SeqCst) && start.elapsed() < CHILD_DEADLINE {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    1 // stop after the first object
+}
+
+fn children_forked_while_another_thread_holds_the_loader_lock_can_snapshot() {
+    // The parent has symbolized (and released what it read) before.
+    let parent_run = heapwatch::snapshot().run_id;
+    for round in 0..LOADER_FORKS {
+        let holder = std::thread::spawn(|| {
+            // SAFETY: `in_loader` matches the callback type and ignores its
+            // arguments.
+            unsafe { libc::dl_iterate_phdr(Some(in_loader), std::ptr::null_mut()) };
+        });
+        while !IN_LOADER.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: as in `fork_during`: the child runs `child_body` and
+        // leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = std::panic::catch_unwind(|| child_body(Vec::new(), true, &parent_run));
+            let code = match ok {
+                Ok(Ok(())) => 0,
+                Ok(Err(msg)) => {
+                    eprintln!("fork child: {msg}");
+                    1
+                }
+                Err(_) => 2,
+            };
+            // SAFETY: as in `fork_during`.
+            unsafe { libc::_exit(code) };
+        }
+        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        IN_LOADER.store(false, SeqCst);
+        holder.join().unwrap();
+        if let Err(e) = wait_child(pid) {
+            panic!("round {round}: {e}");
+        }
+    }
+}
+
 // `harness = false` (Cargo.toml): this file compares process-wide figures,
 // and libtest's own threads allocate while a test starts.
 fn main() {
+    std::thread::spawn(|| {
+        std::thread::sleep(WATCHDOG);
+        eprintln!(
+            "fork: still running after {WATCHDOG:?}: a fork deadlocked in the parent (aborting)"
+        );
+        std::process::abort();
+    });
     children_forked_during_exact_mode_churn_work();
     children_forked_while_snapshots_are_built_can_snapshot();
+    children_forked_while_another_thread_holds_the_loader_lock_can_snapshot();
     println!("fork: ok");
 }

@@ -9,13 +9,14 @@
 //! free heapwatch's, each counted on the wrong side (the program's live
 //! bytes and budget against heapwatch's overhead). Here everything is
 //! allocated and freed under heapwatch's guard, so it is overhead from the
-//! first byte to the last, and [`Objects`] is dropped after each snapshot
-//! that had to read debug information (tens of MiB for a binary built with
-//! it).
+//! first byte to the last, and what [`Objects`] read (tens of MiB for a
+//! binary built with debug information) is dropped after each snapshot that
+//! had to read it ([`Objects::release`]); the list of objects is kept.
 //!
 //! For an address: the loaded object that holds it (`dl_iterate_phdr`; the
-//! list is made again when no object holds an address, for a library opened
-//! since), its DWARF (inlined calls as frames of their own, innermost first,
+//! list is made again at the first look-up after a release, and when no
+//! object holds an address, for a library opened since; never in a `fork`
+//! child, see [`Objects::frames`]), its DWARF (inlined calls as frames of their own, innermost first,
 //! with file and line), else its symbol table (`.symtab`, else `.dynsym`;
 //! a name with no file or line), else nothing (the caller shows
 //! `module+offset`). DWARF made with `debug = "line-tables-only"` names
@@ -49,6 +50,9 @@ type Reader = EndianSlice<'static, RunTimeEndian>;
 /// looked up.
 pub(super) struct Objects {
     loaded: Vec<Loaded>,
+    /// Set by [`Objects::release`]: the list is made again before its next
+    /// use, except in a `fork` child.
+    stale: bool,
     /// Where heapwatch's own sources are (see [`Objects::own_sources`]);
     /// `None` until looked up.
     own_sources: Option<Vec<String>>,
@@ -235,8 +239,18 @@ impl Objects {
             .collect();
         Objects {
             loaded,
+            stale: false,
             own_sources: None,
         }
+    }
+
+    /// Drops what was read of every object (their debug information and
+    /// symbols), keeping the list of objects, marked stale.
+    pub(super) fn release(&mut self) {
+        for obj in &mut self.loaded {
+            obj.read = None;
+        }
+        self.stale = true;
     }
 
     /// The loaded object that holds `addr`, if any.
@@ -324,8 +338,15 @@ impl Objects {
 
     /// The frames at `addr` (an address inside the call, not the return
     /// address), innermost first; empty if no object or symbol knows it.
+    ///
+    /// In a `fork` child the list of objects is never made again: another
+    /// thread of the parent may have held the loader's lock at the fork,
+    /// and `dl_iterate_phdr` would then wait for it for ever. The child
+    /// uses the list it inherited (the fork handler makes one if there was
+    /// none, see `symbolize::before_fork`); a library opened since is
+    /// missing from it, and its addresses show as `module+offset`.
     pub(super) fn frames(&mut self, addr: usize) -> Vec<Frame> {
-        if self.holding(addr).is_none() {
+        if !super::in_fork_child() && (self.stale || self.holding(addr).is_none()) {
             self.refresh();
         }
         let own = self.own_sources();
