@@ -558,11 +558,15 @@ pub struct BudgetEvent {
     pub status: BudgetStatus,
 }
 
-/// Stops the watcher thread and joins it when dropped.
+/// Stops the watcher thread and joins it when dropped (in the child of a
+/// `fork`, which does not have the thread, dropping an inherited watcher
+/// does nothing).
 #[derive(Debug)]
 pub struct BudgetWatch {
     stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The process that started the watcher (see `stop_and_join`).
+    pid: u32,
 }
 
 /// Calls `callback` on a background thread (`heapwatch-budget`) whenever the
@@ -636,7 +640,11 @@ pub fn watch_budget(
             last = now;
         })
         .ok();
-    BudgetWatch { stop, thread }
+    BudgetWatch {
+        stop,
+        thread,
+        pid: std::process::id(),
+    }
 }
 
 impl BudgetWatch {
@@ -646,6 +654,13 @@ impl BudgetWatch {
     }
 
     fn stop_and_join(&mut self) {
+        if std::process::id() != self.pid {
+            // A `fork` child dropping the watcher it inherited: the thread
+            // does not exist here, joining it would wait for ever, and it
+            // may have held the stop flag's lock at the fork. Leave both.
+            std::mem::forget(self.thread.take());
+            return;
+        }
         let (lock, cvar) = &*self.stop;
         if let Ok(mut s) = lock.lock() {
             *s = true;

@@ -362,6 +362,30 @@ fn children_forked_while_another_thread_holds_the_loader_lock_can_snapshot() {
     }
 }
 
+/// A child may drop what it inherited: a server handle and a budget
+/// watcher whose threads it does not have. Dropping them used to join
+/// those threads, and the child hung.
+fn children_can_drop_an_inherited_server_and_watcher() {
+    let server = heapwatch::serve("127.0.0.1:0").expect("serve");
+    let watcher = heapwatch::watch_budget(Duration::from_millis(5), |_| {});
+    // SAFETY: as in `fork_during`: the child drops the two handles and
+    // leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        drop(server);
+        drop(watcher);
+        // SAFETY: as in `fork_during`.
+        unsafe { libc::_exit(0) };
+    }
+    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    if let Err(e) = wait_child(pid) {
+        panic!("dropping inherited handles: {e}");
+    }
+    // The parent's own handles still stop and join their threads.
+    server.shutdown();
+    watcher.stop();
+}
+
 // `harness = false` (Cargo.toml): this file compares process-wide figures,
 // and libtest's own threads allocate while a test starts.
 fn main() {
@@ -375,5 +399,7 @@ fn main() {
     children_forked_during_exact_mode_churn_work();
     children_forked_while_snapshots_are_built_can_snapshot();
     children_forked_while_another_thread_holds_the_loader_lock_can_snapshot();
+    // Last: the server's thread allocates while it runs.
+    children_can_drop_an_inherited_server_and_watcher();
     println!("fork: ok");
 }

@@ -383,6 +383,7 @@ impl ServerBuilder {
             local_addr,
             thread: Some(thread),
             stop: Some(stop),
+            pid: std::process::id(),
         })
     }
 }
@@ -603,12 +604,16 @@ async fn history_task(state: Arc<State>) {
 }
 
 /// The running endpoint, from [`serve`] or [`ServerBuilder::serve`].
-/// Dropping it stops the server as [`ServerHandle::shutdown`] does.
+/// Dropping it stops the server as [`ServerHandle::shutdown`] does. In
+/// the child of a `fork`, which has none of the server's threads, dropping
+/// (or shutting down) an inherited handle does nothing.
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
     stop: Option<watch::Sender<bool>>,
+    /// The process that started the server (see `stop_and_join`).
+    pid: u32,
 }
 
 impl ServerHandle {
@@ -628,6 +633,15 @@ impl ServerHandle {
     fn stop_and_join(&mut self) {
         // These were allocated under the guard: free them under it too.
         let _g = Guard::enter();
+        if std::process::id() != self.pid {
+            // A `fork` child dropping the handle it inherited: the server's
+            // threads do not exist here, and joining one would wait for
+            // ever (as could touching what they may have held locked at
+            // the fork). Leave all of it; the child's server is none.
+            std::mem::forget(self.stop.take());
+            std::mem::forget(self.thread.take());
+            return;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
             drop(stop);
