@@ -156,6 +156,32 @@ fn child_body(
     }
 }
 
+/// Forks; the child runs `body` and leaves with `_exit`: 0 if it returned
+/// `Ok`, 1 (printing the message) if `Err`, 2 if it panicked. Returns the
+/// child's pid to the parent.
+fn fork_child(body: impl FnOnce() -> Result<(), String>) -> libc::pid_t {
+    // SAFETY: the child only runs `body` (which allocates through the
+    // tracker and glibc malloc, both fork-safe with the atfork handlers)
+    // and leaves with `_exit`, running no destructor or atexit handler of
+    // the parent's.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            Ok(Ok(())) => 0,
+            Ok(Err(msg)) => {
+                eprintln!("fork child: {msg}");
+                1
+            }
+            Err(_) => 2,
+        };
+        // SAFETY: ends the child immediately, as a forked child of a
+        // multithreaded process must.
+        unsafe { libc::_exit(code) };
+    }
+    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    pid
+}
+
 /// Waits for `pid` with a bounded polling loop; kills it at the deadline.
 fn wait_child(pid: libc::pid_t) -> Result<(), String> {
     let start = Instant::now();
@@ -238,27 +264,16 @@ fn fork_during(forks: usize, snapshot_every: usize, with_snapshotter: bool) {
             std::thread::sleep(Duration::from_millis(2));
         }
         let inherited: Vec<Box<[u8; 24]>> = (0..200).map(|_| Box::new([3u8; 24])).collect();
-        // SAFETY: the child only runs `child_body` (allocating through the
-        // tracker and glibc malloc, both fork-safe with the atfork
-        // handlers) and leaves with `_exit`, running no destructor or
-        // atexit handler of the parent's.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let with_snapshot = round % snapshot_every == 0;
-            let ok = std::panic::catch_unwind(|| child_body(inherited, with_snapshot, &parent_run));
-            let code = match ok {
-                Ok(Ok(())) => 0,
-                Ok(Err(msg)) => {
-                    eprintln!("fork child: {msg}");
-                    1
-                }
-                Err(_) => 2,
-            };
-            // SAFETY: ends the child immediately, as a forked child of a
-            // multithreaded process must.
-            unsafe { libc::_exit(code) };
-        }
-        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        let with_snapshot = round % snapshot_every == 0;
+        // Taken by the child only; the parent drops its copy here.
+        let mut inherited = Some(inherited);
+        let pid = fork_child(|| {
+            child_body(
+                inherited.take().unwrap_or_default(),
+                with_snapshot,
+                &parent_run,
+            )
+        });
         drop(inherited);
         if let Err(e) = wait_child(pid) {
             failures.push(format!("round {round}: {e}"));
@@ -337,23 +352,7 @@ fn children_forked_while_another_thread_holds_the_loader_lock_can_snapshot() {
         while !IN_LOADER.load(SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        // SAFETY: as in `fork_during`: the child runs `child_body` and
-        // leaves with `_exit`.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let ok = std::panic::catch_unwind(|| child_body(Vec::new(), true, &parent_run));
-            let code = match ok {
-                Ok(Ok(())) => 0,
-                Ok(Err(msg)) => {
-                    eprintln!("fork child: {msg}");
-                    1
-                }
-                Err(_) => 2,
-            };
-            // SAFETY: as in `fork_during`.
-            unsafe { libc::_exit(code) };
-        }
-        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        let pid = fork_child(|| child_body(Vec::new(), true, &parent_run));
         IN_LOADER.store(false, SeqCst);
         holder.join().unwrap();
         if let Err(e) = wait_child(pid) {
@@ -364,20 +363,17 @@ fn children_forked_while_another_thread_holds_the_loader_lock_can_snapshot() {
 
 /// A child may drop what it inherited: a server handle and a budget
 /// watcher whose threads it does not have. Dropping them used to join
-/// those threads, and the child hung.
+/// those threads, and the child panicked in `join`.
 fn children_can_drop_an_inherited_server_and_watcher() {
-    let server = heapwatch::serve("127.0.0.1:0").expect("serve");
-    let watcher = heapwatch::watch_budget(Duration::from_millis(5), |_| {});
-    // SAFETY: as in `fork_during`: the child drops the two handles and
-    // leaves with `_exit`.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        drop(server);
-        drop(watcher);
-        // SAFETY: as in `fork_during`.
-        unsafe { libc::_exit(0) };
-    }
-    assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+    let mut handles = Some((
+        heapwatch::serve("127.0.0.1:0").expect("serve"),
+        heapwatch::watch_budget(Duration::from_millis(5), |_| {}),
+    ));
+    let pid = fork_child(|| {
+        drop(handles.take());
+        Ok(())
+    });
+    let (server, watcher) = handles.expect("the parent keeps its handles");
     if let Err(e) = wait_child(pid) {
         panic!("dropping inherited handles: {e}");
     }
