@@ -274,11 +274,15 @@ fn nameable(closure: &str) -> bool {
 
 /// Whether a symbolized frame's function is `closure`, a type name from
 /// `std::any::type_name` taken to its [`referent`] (generic arguments
-/// aside, which symbol names may leave out).
+/// aside, which symbol names may leave out). A closure is `{{closure}}` in
+/// a type name and in legacy symbol names, `{closure#N}` in v0 ones
+/// (`-C symbol-mangling-version=v0`, the default of recent nightlies): the
+/// two are the same here.
 fn is_function(frame_function: &str, closure: &str) -> bool {
-    fn without_generics(s: &str) -> String {
+    fn normalized(s: &str) -> String {
         let mut depth = 0usize;
-        s.chars()
+        let plain: String = s
+            .chars()
             .filter(|&c| {
                 match c {
                     '<' => depth += 1,
@@ -287,9 +291,61 @@ fn is_function(frame_function: &str, closure: &str) -> bool {
                 }
                 false
             })
-            .collect()
+            .collect();
+        let mut out = String::with_capacity(plain.len());
+        let mut rest = plain.as_str();
+        while let Some(i) = rest.find("{closure#") {
+            let tail = &rest[i + "{closure#".len()..];
+            let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+            if digits > 0 && tail[digits..].starts_with('}') {
+                out.push_str(&rest[..i]);
+                out.push_str("{{closure}}");
+                rest = &tail[digits + 1..];
+            } else {
+                out.push_str(&rest[..i + 1]);
+                rest = &rest[i + 1..];
+            }
+        }
+        out.push_str(rest);
+        // A v0 name's turbofish (`run::<u8>::{closure#0}`) leaves `::::`
+        // where a type name (`run<u8>::{{closure}}`) leaves `::`.
+        out.replace("::::", "::")
     }
-    frame_function == closure || without_generics(frame_function) == without_generics(closure)
+    frame_function == closure || normalized(frame_function) == normalized(closure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_function;
+
+    #[test]
+    fn closures_match_in_legacy_and_v0_symbol_names() {
+        let ty = "scope_parallel::leaky_function::{{closure}}";
+        for frame in [
+            "scope_parallel::leaky_function::{{closure}}",
+            "scope_parallel::leaky_function::{closure#0}",
+            "scope_parallel::leaky_function::{closure#12}",
+        ] {
+            assert!(is_function(frame, ty), "{frame}");
+        }
+        for frame in [
+            "scope_parallel::other::{closure#0}",
+            "scope_parallel::leaky_function",
+            "scope_parallel::leaky_function::{closure#}",
+            "scope_parallel::leaky_function::{closure#0}::{closure#0}",
+        ] {
+            assert!(!is_function(frame, ty), "{frame}");
+        }
+        // Generic arguments aside, in either form.
+        assert!(is_function(
+            "app::run::<u8>::{closure#0}",
+            "app::run<u8>::{{closure}}"
+        ));
+        assert!(is_function(
+            "app::run<T>::{{closure}}",
+            "app::run<u8>::{{closure}}"
+        ));
+    }
 }
 
 impl GrowthCheck {
