@@ -318,7 +318,9 @@ fn module_offset(addr: usize) -> String {
 ///
 /// - cargo registry and git checkouts lose everything before
 ///   `crate-version/` (`tokio-1.54.1/src/runtime/mod.rs`);
-/// - the toolchain's sources lose everything before `library/`;
+/// - the toolchain's sources (`/rustc/<commit>/library/…`, or the
+///   `rust-src` component's `…/lib/rustlib/src/rust/library/…` that a
+///   `-Zbuild-std` build records) lose everything before `library/`;
 /// - any other absolute path in a crate becomes relative to the crate's
 ///   directory: it keeps its last `src` component and what follows
 ///   (`src/main.rs`, `src/bin/tool.rs`), or, with no `src` in it, its last
@@ -337,6 +339,10 @@ pub(crate) fn shorten_path(path: &str) -> String {
         if let Some(i) = path.find("/library/") {
             return path[i + 1..].to_string();
         }
+    }
+    // The `rust-src` component, as a `-Zbuild-std` build records it.
+    if let Some(i) = path.find("/lib/rustlib/src/rust/library/") {
+        return path[i + "/lib/rustlib/src/rust/".len()..].to_string();
     }
     if path.starts_with('/') {
         let from_last = |dirs: &[&str]| {
@@ -674,6 +680,12 @@ mod tests {
         assert_eq!(
             shorten_path("/rustc/59807616e/library/alloc/src/raw_vec.rs"),
             "library/alloc/src/raw_vec.rs"
+        );
+        assert_eq!(
+            shorten_path(
+                "/root/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu/lib/rustlib/src/rust/library/alloc/src/vec/spec_from_elem.rs"
+            ),
+            "library/alloc/src/vec/spec_from_elem.rs"
         );
         assert_eq!(shorten_path("/elsewhere/x.rs"), "/elsewhere/x.rs");
         assert_eq!(shorten_path("src/main.rs"), "src/main.rs");
