@@ -66,7 +66,10 @@ const READY: u8 = 2;
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 
 /// Whether a [`Tracker`] is serving as the global allocator (it has seen an
-/// allocation). Until then [`stats()`](crate::stats) reads zeros.
+/// allocation). Until then [`stats()`](crate::stats) reads zeros and no
+/// budget. The standard library usually allocates before `main`, but not
+/// in every build (not with `-Zbuild-std`): a program that reads figures
+/// before it allocates anything may see the tracker not set up yet.
 ///
 /// # Example
 ///
@@ -76,7 +79,9 @@ static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 ///     heapwatch::Tracker::new(std::alloc::System);
 ///
 /// fn main() {
+///     let first = vec![0u8; 16]; // at the latest, this sets it up
 ///     assert!(heapwatch::installed());
+///     drop(first);
 /// }
 /// ```
 pub fn installed() -> bool {
