@@ -314,40 +314,6 @@ fn is_function(frame_function: &str, closure: &str) -> bool {
     frame_function == closure || normalized(frame_function) == normalized(closure)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::is_function;
-
-    #[test]
-    fn closures_match_in_legacy_and_v0_symbol_names() {
-        let ty = "scope_parallel::leaky_function::{{closure}}";
-        for frame in [
-            "scope_parallel::leaky_function::{{closure}}",
-            "scope_parallel::leaky_function::{closure#0}",
-            "scope_parallel::leaky_function::{closure#12}",
-        ] {
-            assert!(is_function(frame, ty), "{frame}");
-        }
-        for frame in [
-            "scope_parallel::other::{closure#0}",
-            "scope_parallel::leaky_function",
-            "scope_parallel::leaky_function::{closure#}",
-            "scope_parallel::leaky_function::{closure#0}::{closure#0}",
-        ] {
-            assert!(!is_function(frame, ty), "{frame}");
-        }
-        // Generic arguments aside, in either form.
-        assert!(is_function(
-            "app::run::<u8>::{closure#0}",
-            "app::run<u8>::{{closure}}"
-        ));
-        assert!(is_function(
-            "app::run<T>::{{closure}}",
-            "app::run<u8>::{{closure}}"
-        ));
-    }
-}
-
 impl GrowthCheck {
     /// 3 warm-up runs, 20 measured, no tolerance, 5 callsites reported.
     pub const fn new() -> GrowthCheck {
@@ -469,5 +435,39 @@ impl GrowthCheck {
 pub fn assert_no_growth(f: impl FnMut()) {
     if let Err(leak) = GrowthCheck::new().run(f) {
         panic!("heapwatch: {leak}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_function;
+
+    #[test]
+    fn closures_match_in_legacy_and_v0_symbol_names() {
+        let ty = "scope_parallel::leaky_function::{{closure}}";
+        for frame in [
+            "scope_parallel::leaky_function::{{closure}}",
+            "scope_parallel::leaky_function::{closure#0}",
+            "scope_parallel::leaky_function::{closure#12}",
+        ] {
+            assert!(is_function(frame, ty), "{frame}");
+        }
+        for frame in [
+            "scope_parallel::other::{closure#0}",
+            "scope_parallel::leaky_function",
+            "scope_parallel::leaky_function::{closure#}",
+            "scope_parallel::leaky_function::{closure#0}::{closure#0}",
+        ] {
+            assert!(!is_function(frame, ty), "{frame}");
+        }
+        // Generic arguments aside, in either form.
+        assert!(is_function(
+            "app::run::<u8>::{closure#0}",
+            "app::run<u8>::{{closure}}"
+        ));
+        assert!(is_function(
+            "app::run<T>::{{closure}}",
+            "app::run<u8>::{{closure}}"
+        ));
     }
 }
