@@ -59,10 +59,20 @@ fn refused_connections_leave_no_memory_behind() {
         let r = refused(addr);
         assert!(r.starts_with("HTTP/1.1 503"), "{r}");
     }
-    let after = heapwatch::stats().overhead_bytes;
+    // What is kept, not what is in use at one instant: a snapshot the
+    // server happens to be building (the history's first, on a slow
+    // machine) holds debug information for a moment. Its lowest reading
+    // over up to 10 s.
+    let limit = before + (256 << 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut after = heapwatch::stats().overhead_bytes;
+    while after >= limit && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = after.min(heapwatch::stats().overhead_bytes);
+    }
     assert!(
-        after < before + (256 << 10),
-        "3,000 refused connections took heapwatch's memory from {before} to {after} bytes"
+        after < limit,
+        "3,000 refused connections took heapwatch's memory from {before} to {after} bytes (lowest reading over 10 s)"
     );
     drop(held);
     server.shutdown();
