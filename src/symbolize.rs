@@ -274,9 +274,14 @@ fn resolve(ip: usize) -> Vec<Frame> {
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 fn frames_at(addr: usize) -> Vec<Frame> {
     let mut objects = objects().lock().unwrap_or_else(|e| e.into_inner());
-    objects
-        .get_or_insert_with(objects::Objects::load)
-        .frames(addr)
+    match &mut *objects {
+        Some(known) => known.frames(addr),
+        // A child with no list inherited (its parent was a child itself
+        // and had none): listing would call `dl_iterate_phdr` (see
+        // `Objects::frames`), so the address shows as `module+offset`.
+        None if in_fork_child() => Vec::new(),
+        None => objects.insert(objects::Objects::load()).frames(addr),
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]

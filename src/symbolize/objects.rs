@@ -16,17 +16,18 @@
 //! For an address: the loaded object that holds it (`dl_iterate_phdr`; the
 //! list is made again at the first look-up after a release, and when no
 //! object holds an address, for a library opened since; never in a `fork`
-//! child, see [`Objects::frames`]), its DWARF (inlined calls as frames of their own, innermost first,
-//! with file and line), else its symbol table (`.symtab`, else `.dynsym`;
-//! a name with no file or line), else nothing (the caller shows
-//! `module+offset`). DWARF made with `debug = "line-tables-only"` names
-//! functions without their path and has no entry at all for a function
-//! with nothing inlined into it: the function holding the address then
-//! takes its name from the symbol table, with DWARF's file and line, and
-//! inlined functions get their crate's name in front when their source
-//! path tells it (`heapwatch::` for heapwatch's own, `hashbrown::` for
-//! std's vendored copy, a registry crate's name), so that callsites start
-//! at the user's frame as they do with full debug info (see `named`).
+//! child, see [`Objects::frames`]), its DWARF (inlined calls as frames of
+//! their own, innermost first, with file and line), else its symbol table
+//! (`.symtab`, else `.dynsym`; a name with no file or line), else nothing
+//! (the caller shows `module+offset`). DWARF made with
+//! `debug = "line-tables-only"` names functions without their path and has no entry
+//! at all for a function with nothing inlined into it: the function holding
+//! the address then takes its name from the symbol table, with DWARF's file
+//! and line, and inlined functions get their crate's name in front when
+//! their source path tells it (`heapwatch::` for heapwatch's own,
+//! `hashbrown::` for std's vendored copy, a registry crate's name), so that
+//! callsites start at the user's frame as they do with full debug info (see
+//! `named`).
 //!
 //! An object's file is found by the path it was loaded
 //! from, else the file mapped at its address (`/proc/self/maps`), and for
