@@ -656,8 +656,8 @@ impl BudgetWatch {
     fn stop_and_join(&mut self) {
         if std::process::id() != self.pid {
             // A `fork` child dropping the watcher it inherited: the thread
-            // does not exist here, joining it would wait for ever, and it
-            // may have held the stop flag's lock at the fork. Leave both.
+            // does not exist here (std's `join` of it panicked), and it may
+            // have held the stop flag's lock at the fork. Leave both.
             std::mem::forget(self.thread.take());
             return;
         }

@@ -30,22 +30,23 @@
 //! # Fork
 //!
 //! When the tables are first mapped, or the symbolizer is first used, a
-//! `pthread_atfork` handler is registered: `prepare` takes the
-//! symbolizer's locks (`symbolize::before_fork`), then the 64 stripe locks
-//! in order; `parent` and `child` release them. A thread that holds one of
-//! them while another thread forks therefore finishes first, and the child
-//! never starts with a lock held by a thread it does not have (which would
-//! hang it at its next sampled free, or its first `snapshot()`). A stripe
-//! is held for a few stores; the symbolizer's `objects` lock for as long as
-//! a snapshot takes to read one object's debug information, which grows
-//! with the binary (a snapshot after one new callsite takes 17-19 ms in the
+//! `pthread_atfork` handler is registered: `prepare` takes the symbolizer's
+//! locks (`symbolize::before_fork`), then the 64 stripe locks in order;
+//! `parent` and `child` release them. A thread that holds one of them while
+//! another thread forks therefore finishes first, and the child never
+//! starts with a lock held by a thread it does not have (which would hang
+//! it at its next sampled free, or its first `snapshot()`). A stripe is
+//! held for a few stores; the symbolizer's `objects` lock for as long as a
+//! snapshot takes to read one object's debug information, which grows with
+//! the binary (a snapshot after one new callsite takes 17-19 ms in the
 //! release demo, BENCHMARKS.md) and recurs whenever a snapshot meets
-//! addresses not seen before: a `fork` can be delayed by that much. The symbolizer's locks come first because a
-//! thread holding one of them can free a block and so take a stripe lock,
-//! never the other way round. Both are registered after the inner
-//! allocator's own fork handler (jemalloc's is registered when it starts),
-//! so `prepare` runs before that handler takes the allocator's locks,
-//! while a thread holding the symbolizer's lock can still allocate.
+//! addresses not seen before: a `fork` can be delayed by that much. The
+//! symbolizer's locks come first because a thread holding one of them can
+//! free a block and so take a stripe lock, never the other way round. The
+//! handler is registered after the inner allocator's own (jemalloc's is
+//! registered when it starts), so `prepare` runs before that handler
+//! takes the allocator's locks, while a thread holding the symbolizer's
+//! lock can still allocate.
 //!
 //! A child never lists the loaded objects again (`dl_iterate_phdr` takes
 //! the loader's lock, which another thread of the parent, heapwatch's own

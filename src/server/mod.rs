@@ -635,9 +635,10 @@ impl ServerHandle {
         let _g = Guard::enter();
         if std::process::id() != self.pid {
             // A `fork` child dropping the handle it inherited: the server's
-            // threads do not exist here, and joining one would wait for
-            // ever (as could touching what they may have held locked at
-            // the fork). Leave all of it; the child's server is none.
+            // threads do not exist here, and joining one fails (std's
+            // `join` panicked), as touching what they may have held locked
+            // at the fork could hang. Leave all of it; the child has no
+            // server.
             std::mem::forget(self.stop.take());
             std::mem::forget(self.thread.take());
             return;
