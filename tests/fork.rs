@@ -16,6 +16,10 @@
 //! miss): a child that listed the loaded objects again to symbolize hung
 //! there; it now uses the list it inherited.
 //!
+//! The fourth part forks a process with a running server and budget
+//! watcher: the child drops both handles, which used to join threads the
+//! child does not have (std's `join` panicked).
+//!
 //! A watchdog aborts the process if the whole file takes more than
 //! `WATCHDOG`: a deadlock in the parent's own `fork` (its `prepare`
 //! handler) is not caught by the children's deadlines.
