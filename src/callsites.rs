@@ -1100,6 +1100,7 @@ pub(crate) fn static_table_bytes() -> usize {
 mod tests {
     use super::*;
 
+    #[cfg(target_pointer_width = "64")]
     #[test]
     fn site_is_304_bytes_and_slot_32() {
         assert_eq!(std::mem::size_of::<Site>(), 304);

@@ -121,7 +121,7 @@ fn child_body(
     let s1 = heapwatch::stats();
     // The Vec and 1000 boxes.
     let want_allocs = 1001;
-    let want_bytes = 1000 * 8 + 1000 * 40;
+    let want_bytes = (1000 * std::mem::size_of::<usize>() + 1000 * 40) as u64;
     if s1.allocations - s0.allocations != want_allocs
         || s1.allocated_bytes - s0.allocated_bytes != want_bytes
         || s1.live_bytes != s0.live_bytes + want_bytes
@@ -397,8 +397,14 @@ fn main() {
         std::process::abort();
     });
     children_forked_during_exact_mode_churn_work();
-    children_forked_while_snapshots_are_built_can_snapshot();
-    children_forked_while_another_thread_holds_the_loader_lock_can_snapshot();
+    // Elsewhere symbolizing takes the `backtrace` crate's lock, which the
+    // fork handler does not take (README, "Fork"): a child can hang there.
+    if cfg!(all(target_os = "linux", target_pointer_width = "64")) {
+        children_forked_while_snapshots_are_built_can_snapshot();
+        children_forked_while_another_thread_holds_the_loader_lock_can_snapshot();
+    } else {
+        println!("fork: snapshots in children skipped (64-bit Linux only)");
+    }
     // Last: the server's thread allocates while it runs.
     children_can_drop_an_inherited_server_and_watcher();
     println!("fork: ok");

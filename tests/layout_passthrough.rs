@@ -35,7 +35,7 @@ static MISMATCHED: AtomicU64 = AtomicU64::new(0);
 static UNCHECKED: AtomicU64 = AtomicU64::new(0);
 
 fn home(ptr: usize) -> usize {
-    (ptr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) & (SLOTS - 1)
+    ((ptr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as usize & (SLOTS - 1)
 }
 
 fn remember(ptr: usize, layout: Layout) {

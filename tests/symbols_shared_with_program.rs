@@ -5,6 +5,10 @@
 //! `backtrace` crate's shared cache after a snapshot, which freed the
 //! program's entries as heapwatch's overhead and left their bytes in the
 //! program's live figures (and its budget) for good.
+//!
+//! Only on 64-bit Linux: elsewhere heapwatch symbolizes with the
+//! `backtrace` crate (README, "Symbols and frame pointers").
+#![cfg(all(target_os = "linux", target_pointer_width = "64"))]
 
 use heapwatch::{Sampling, Tracker};
 
