@@ -564,12 +564,10 @@ pub struct BudgetEvent {
 #[derive(Debug)]
 pub struct BudgetWatch {
     stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// The process that started the watcher (see `stop_and_join`).
-    pid: u32,
+    thread: Option<crate::threads::OwnThread>,
 }
 
-/// Calls `callback` on a background thread (`heapwatch-budget`) whenever the
+/// Calls `callback` on a background thread (`heapwatch-limit`) whenever the
 /// budget level changes or a threshold was crossed since the previous poll
 /// (also when the level went down and back up between two polls).
 /// The callback never runs inside the allocator: it may allocate, log, shed
@@ -578,6 +576,11 @@ pub struct BudgetWatch {
 /// callback reacting to a full budget cannot abort the process. A callback
 /// that panics is reported by the panic hook and called again for the next
 /// event. Polls every `interval`; stop it by dropping the returned handle.
+///
+/// Starting the watcher works with the budget spent, too: what this call
+/// allocates is never refused, and the thread allocates nothing before
+/// its first poll. If the thread cannot be started (the system is out of
+/// threads), no callback is ever called.
 ///
 /// # Example
 ///
@@ -594,57 +597,58 @@ pub fn watch_budget(
     mut callback: impl FnMut(BudgetEvent) + Send + 'static,
 ) -> BudgetWatch {
     use std::sync::{Arc, Condvar, Mutex};
-    let stop = Arc::new((Mutex::new(false), Condvar::new()));
-    let stop2 = Arc::clone(&stop);
-    // The starting reading is taken now, not in the thread: a level change
-    // right after this call returns must be reported.
-    let mut last = status();
-    let thread = std::thread::Builder::new()
-        .name("heapwatch-budget".into())
-        .spawn(move || loop {
-            {
-                let (lock, cvar) = &*stop2;
-                let Ok(stopped) = lock.lock() else { return };
-                let Ok((stopped, _)) = cvar.wait_timeout_while(stopped, interval, |s| !*s) else {
-                    return;
-                };
-                if *stopped {
-                    return;
+    // Called to react to a spent budget, this must not abort the program.
+    never_refused(move || {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop2 = Arc::clone(&stop);
+        // The starting reading is taken now, not in the thread: a level change
+        // right after this call returns must be reported.
+        let mut last = status();
+        let thread = crate::threads::spawn(
+            c"heapwatch-limit",
+            crate::threads::Mode::NeverRefused,
+            move || loop {
+                {
+                    let (lock, cvar) = &*stop2;
+                    let Ok(stopped) = lock.lock() else { return };
+                    let Ok((stopped, _)) = cvar.wait_timeout_while(stopped, interval, |s| !*s)
+                    else {
+                        return;
+                    };
+                    if *stopped {
+                        return;
+                    }
                 }
-            }
-            let now = status();
-            let reached = if now.exceeded_crossings > last.exceeded_crossings {
-                BudgetLevel::Exceeded
-            } else if now.critical_crossings > last.critical_crossings {
-                BudgetLevel::Critical.max(now.level)
-            } else if now.warning_crossings > last.warning_crossings {
-                BudgetLevel::Warning.max(now.level)
-            } else {
-                now.level
-            };
-            let crossed = now.exceeded_crossings > last.exceeded_crossings
-                || now.critical_crossings > last.critical_crossings
-                || now.warning_crossings > last.warning_crossings;
-            if crossed || now.level != last.level {
-                let event = BudgetEvent {
-                    previous: last.level,
-                    reached,
-                    status: now,
+                let now = status();
+                let reached = if now.exceeded_crossings > last.exceeded_crossings {
+                    BudgetLevel::Exceeded
+                } else if now.critical_crossings > last.critical_crossings {
+                    BudgetLevel::Critical.max(now.level)
+                } else if now.warning_crossings > last.warning_crossings {
+                    BudgetLevel::Warning.max(now.level)
+                } else {
+                    now.level
                 };
-                // A panicking callback is reported by the panic hook, and
-                // the watcher goes on with the next poll.
-                let _ = never_refused(|| {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event)))
-                });
-            }
-            last = now;
-        })
+                let crossed = now.exceeded_crossings > last.exceeded_crossings
+                    || now.critical_crossings > last.critical_crossings
+                    || now.warning_crossings > last.warning_crossings;
+                if crossed || now.level != last.level {
+                    let event = BudgetEvent {
+                        previous: last.level,
+                        reached,
+                        status: now,
+                    };
+                    // A panicking callback is reported by the panic hook, and
+                    // the watcher goes on with the next poll.
+                    let _ =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(event)));
+                }
+                last = now;
+            },
+        )
         .ok();
-    BudgetWatch {
-        stop,
-        thread,
-        pid: std::process::id(),
-    }
+        BudgetWatch { stop, thread }
+    })
 }
 
 impl BudgetWatch {
@@ -654,11 +658,10 @@ impl BudgetWatch {
     }
 
     fn stop_and_join(&mut self) {
-        if std::process::id() != self.pid {
+        if self.thread.as_ref().is_some_and(|t| !t.in_this_process()) {
             // A `fork` child dropping the watcher it inherited: the thread
-            // does not exist here (std's `join` of it panicked), and it may
-            // have held the stop flag's lock at the fork. Leave both.
-            std::mem::forget(self.thread.take());
+            // does not exist here, and it may have held the stop flag's
+            // lock at the fork. Leave both.
             return;
         }
         let (lock, cvar) = &*self.stop;
@@ -667,7 +670,7 @@ impl BudgetWatch {
         }
         cvar.notify_all();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join();
         }
     }
 }

@@ -117,6 +117,7 @@ mod scope;
 mod server;
 mod snapshot;
 mod symbolize;
+mod threads;
 mod tracker;
 
 pub use budget::{

@@ -2,11 +2,13 @@
 //!
 //! [`serve`] (or [`ServerBuilder`]) binds a `std` listener on the caller's
 //! thread, so a bad address fails at once, then serves from one background
-//! thread named `heapwatch-server` that runs its own current-thread tokio
-//! runtime and hyper 1.x: the host program needs no async runtime. The
-//! thread (and the runtime's blocking thread that builds snapshots) runs
-//! under heapwatch's reentrancy guard, so everything the server allocates
-//! is counted as heapwatch's overhead, not as the program's.
+//! thread named `heapwatch-http` that runs its own current-thread tokio
+//! runtime and hyper 1.x: the host program needs no async runtime. A second
+//! thread, `heapwatch-snap`, builds the snapshots. Both run under
+//! heapwatch's reentrancy guard from their first instruction (they are not
+//! `std` threads, which allocate as they start: see `src/threads.rs`), so
+//! everything the server allocates is counted as heapwatch's overhead, not
+//! as the program's, and is never refused by the budget.
 //!
 //! Routes are listed in `docs/ENDPOINTS.md`. Heap data is sensitive: the
 //! server binds loopback unless told otherwise, and can require a bearer
@@ -45,7 +47,6 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -55,10 +56,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::budget::never_refused;
 use crate::error::Error;
 use crate::guard::{untracked, Guard};
 use crate::leaks::LeakThresholds;
-use state::{Config, State};
+use crate::threads::{self, Mode, OwnThread};
+use state::{build_snapshots, BuildRequest, Config, State};
 
 /// Request line plus headers, at most.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -197,7 +200,7 @@ impl ServerBuilder {
     /// headers, leaks judged over 5 minutes with [`LeakThresholds::DEFAULT`],
     /// loopback only.
     pub fn new() -> ServerBuilder {
-        ServerBuilder {
+        never_refused(|| ServerBuilder {
             addrs: Ok(vec![SocketAddr::from(([127, 0, 0, 1], 0))]),
             token: None,
             history_interval: Duration::from_secs(10),
@@ -210,14 +213,14 @@ impl ServerBuilder {
             leak_thresholds: LeakThresholds::DEFAULT,
             allow_non_loopback: false,
             allowed_hosts: Vec::new(),
-        }
+        })
     }
 
     /// The address to bind (resolved now; a resolution error is returned by
     /// [`serve`](ServerBuilder::serve)). Every address it resolves to must
     /// be loopback unless [`allow_non_loopback`](ServerBuilder::allow_non_loopback).
     pub fn addr(mut self, addr: impl ToSocketAddrs) -> ServerBuilder {
-        self.addrs = addr.to_socket_addrs().map(Iterator::collect);
+        self.addrs = never_refused(|| addr.to_socket_addrs().map(Iterator::collect));
         self
     }
 
@@ -316,12 +319,15 @@ impl ServerBuilder {
     /// # Ok::<(), heapwatch::Error>(())
     /// ```
     pub fn allow_host(mut self, host: impl Into<String>) -> ServerBuilder {
-        self.allowed_hosts.push(host.into().to_ascii_lowercase());
+        never_refused(|| self.allowed_hosts.push(host.into().to_ascii_lowercase()));
         self
     }
 
     /// Binds the address and starts the server thread. Returns once the
-    /// server accepts connections.
+    /// server accepts connections. Works with the budget spent: what the
+    /// builder and this call allocate is never refused (counted as
+    /// overages), and the server's threads allocate only under heapwatch's
+    /// guard, as overhead, from their first instruction.
     ///
     /// # Errors
     ///
@@ -330,6 +336,12 @@ impl ServerBuilder {
     /// [`Error::NonLoopbackAddress`] for an address other than loopback
     /// without [`allow_non_loopback`](ServerBuilder::allow_non_loopback).
     pub fn serve(self) -> Result<ServerHandle, Error> {
+        // Called to see why memory is short, this must not abort the
+        // program over its budget.
+        never_refused(|| self.serve_now())
+    }
+
+    fn serve_now(self) -> Result<ServerHandle, Error> {
         let addrs = self
             .addrs
             .map_err(|e| Error::io("resolving the server address", e))?;
@@ -383,7 +395,6 @@ impl ServerBuilder {
             local_addr,
             thread: Some(thread),
             stop: Some(stop),
-            pid: std::process::id(),
         })
     }
 }
@@ -396,34 +407,29 @@ fn describe(addrs: &[SocketAddr]) -> String {
         .join(", ")
 }
 
-/// Spawns the server thread and waits until its runtime is up.
-fn start(
-    listener: TcpListener,
-    cfg: Config,
-) -> Result<(JoinHandle<()>, watch::Sender<bool>), Error> {
+/// Spawns the server thread and waits until its runtime is up. Called
+/// under the guard: the thread's body is freed on that thread, under it.
+fn start(listener: TcpListener, cfg: Config) -> Result<(OwnThread, watch::Sender<bool>), Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), io::Error>>(1);
-    let thread = std::thread::Builder::new()
-        .name("heapwatch-server".to_string())
-        .spawn(move || {
-            // The guard stays set for the rest of this thread's life,
-            // thread-local destructors included: everything the server
-            // allocates and frees is heapwatch's overhead.
-            std::mem::forget(Guard::enter());
-            run(listener, cfg, stop_rx, ready_tx);
-        })
-        .map_err(|e| Error::io("spawning the heapwatch-server thread", e))?;
+    // Under the guard for its whole life, thread-local destructors
+    // included: everything the server allocates and frees is heapwatch's
+    // overhead.
+    let thread = threads::spawn(c"heapwatch-http", Mode::Guarded, move || {
+        run(listener, cfg, stop_rx, ready_tx);
+    })
+    .map_err(|e| Error::io("spawning the heapwatch-http thread", e))?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok((thread, stop_tx)),
         Ok(Err(e)) => {
-            let _ = thread.join();
+            thread.join();
             Err(Error::io("starting the server runtime", e))
         }
         Err(_) => {
-            let _ = thread.join();
+            thread.join();
             Err(Error::io(
                 "starting the server runtime",
-                io::Error::other("the heapwatch-server thread exited before it was ready"),
+                io::Error::other("the heapwatch-http thread exited before it was ready"),
             ))
         }
     }
@@ -436,17 +442,35 @@ fn run(
     stop: watch::Receiver<bool>,
     ready: mpsc::SyncSender<Result<(), io::Error>>,
 ) {
+    // Snapshots are built on a thread of heapwatch's own, not on the
+    // runtime's blocking pool: tokio starts those threads with `std`, which
+    // allocates as they start, outside the guard (see `threads`).
+    let (builds, requests) = mpsc::channel();
+    let builder = match threads::spawn(c"heapwatch-snap", Mode::Guarded, move || {
+        build_snapshots(requests);
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let stop_builder = {
+        let builds = builds.clone();
+        move || {
+            let _ = builds.send(BuildRequest::Stop);
+            builder.join();
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
-        .thread_name("heapwatch-blocking")
-        .max_blocking_threads(2)
-        .on_thread_start(|| std::mem::forget(Guard::enter()))
         .build();
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             let _ = ready.send(Err(e));
+            stop_builder();
             return;
         }
     };
@@ -458,15 +482,21 @@ fn run(
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(e));
+            stop_builder();
             return;
         }
     };
     let _ = ready.send(Ok(()));
     drop(ready);
-    runtime.block_on(accept_loop(listener, Arc::new(State::new(cfg)), stop));
-    // Dropping the runtime cancels what is left and joins its blocking
-    // thread (a snapshot build in flight finishes first).
+    runtime.block_on(accept_loop(
+        listener,
+        Arc::new(State::new(cfg, builds)),
+        stop,
+    ));
+    // Dropping the runtime cancels what is left; a snapshot build in
+    // flight finishes before the snapshot thread reads the stop.
     drop(runtime);
+    stop_builder();
 }
 
 async fn accept_loop(
@@ -610,10 +640,8 @@ async fn history_task(state: Arc<State>) {
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<OwnThread>,
     stop: Option<watch::Sender<bool>>,
-    /// The process that started the server (see `stop_and_join`).
-    pid: u32,
 }
 
 impl ServerHandle {
@@ -633,14 +661,12 @@ impl ServerHandle {
     fn stop_and_join(&mut self) {
         // These were allocated under the guard: free them under it too.
         let _g = Guard::enter();
-        if std::process::id() != self.pid {
+        if self.thread.as_ref().is_some_and(|t| !t.in_this_process()) {
             // A `fork` child dropping the handle it inherited: the server's
-            // threads do not exist here, and joining one fails (std's
-            // `join` panicked), as touching what they may have held locked
-            // at the fork could hang. Leave all of it; the child has no
-            // server.
+            // threads do not exist here, and touching what they may have
+            // held locked at the fork could hang. Leave all of it; the
+            // child has no server.
             std::mem::forget(self.stop.take());
-            std::mem::forget(self.thread.take());
             return;
         }
         if let Some(stop) = self.stop.take() {
@@ -649,8 +675,8 @@ impl ServerHandle {
         }
         if let Some(thread) = self.thread.take() {
             // A panic on the server thread has already been reported by the
-            // panic hook; it must not propagate into the host program.
-            let _ = thread.join();
+            // panic hook, and ended that thread only.
+            thread.join();
         }
     }
 }

@@ -2,7 +2,7 @@
 //! snapshot", and the bounded history ring.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::leaks::LeakThresholds;
@@ -120,19 +120,43 @@ impl History {
 #[derive(Debug)]
 pub(crate) struct BuildFailed(pub(crate) String);
 
+/// What the server asks of its snapshot thread.
+pub(crate) enum BuildRequest {
+    /// Build a snapshot and send it back.
+    Build(tokio::sync::oneshot::Sender<Snapshot>),
+    /// The server is stopping: end the thread.
+    Stop,
+}
+
+/// The snapshot thread's body (`heapwatch-snap`, under the guard): builds
+/// what it is asked for, one at a time, off the server's event loop, since
+/// symbolizing is blocking work.
+pub(crate) fn build_snapshots(requests: mpsc::Receiver<BuildRequest>) {
+    while let Ok(BuildRequest::Build(reply)) = requests.recv() {
+        // A panic fails this request alone: its reply is dropped, and
+        // the caller answers 500 (the panic hook reported it).
+        if let Ok(snap) = std::panic::catch_unwind(crate::snapshot::snapshot) {
+            let _ = reply.send(snap);
+        }
+    }
+}
+
 /// Shared by every connection and the history task.
 pub(crate) struct State {
     pub(crate) cfg: Config,
     latest: tokio::sync::Mutex<Option<(Instant, Arc<Snapshot>)>>,
     history: Mutex<History>,
+    /// The snapshot thread's queue.
+    builds: mpsc::Sender<BuildRequest>,
 }
 
 impl State {
-    pub(crate) fn new(cfg: Config) -> State {
+    pub(crate) fn new(cfg: Config, builds: mpsc::Sender<BuildRequest>) -> State {
         State {
             cfg,
             latest: tokio::sync::Mutex::new(None),
             history: Mutex::new(History::default()),
+            builds,
         }
     }
 
@@ -160,9 +184,13 @@ impl State {
         }
         // Symbolization is blocking CPU work: keep it off the accept loop.
         let started = Instant::now();
-        let snap = tokio::task::spawn_blocking(crate::snapshot::snapshot)
+        let (reply, built) = tokio::sync::oneshot::channel();
+        self.builds
+            .send(BuildRequest::Build(reply))
+            .map_err(|_| BuildFailed("the snapshot thread has stopped".into()))?;
+        let snap = built
             .await
-            .map_err(|e| BuildFailed(format!("building the snapshot failed: {e}")))?;
+            .map_err(|_| BuildFailed("building the snapshot failed: it panicked".into()))?;
         let snap = Arc::new(snap);
         *slot = Some((started, Arc::clone(&snap)));
         if record {
