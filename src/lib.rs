@@ -98,8 +98,24 @@
 //! of the `backtrace` crate's symbol cache is never touched), else with the
 //! `backtrace` crate. Split DWARF and separate debug files are not read:
 //! such addresses get their symbol table's name, or `module+0xoffset`.
+//!
+//! # Platforms
+//!
+//! Unix only: the tables are mapped with `mmap`, heapwatch's threads are
+//! started with `pthread_create`, and fork safety uses `pthread_atfork`.
+//! x86-64 Linux is what CI tests. The test suite also passes on aarch64
+//! Linux (under emulation) and on i686 Linux (the parts that need 64-bit
+//! sizes skipped), neither in CI, and the crate builds for macOS and
+//! FreeBSD, which nobody has run. On Windows and other non-Unix targets the
+//! crate does not compile, and the error says so (README, "Platforms").
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(unix))]
+compile_error!(
+    "heapwatch supports Unix targets only (tested on Linux; builds on macOS and FreeBSD): \
+     its tables are mapped with mmap and its fork handling uses pthread_atfork"
+);
 
 mod budget;
 mod callsites;
