@@ -848,19 +848,33 @@ pub extern \"C\" fn hwfix_outer() -> usize {
     /// [`FIXTURE`] built by `rustc` with `flags` (at `-C opt-level=0`) and
     /// opened: the frames `look` gets from the addresses of `plain` and
     /// `outer`, with the library still loaded. `None` if there is no
-    /// `rustc` to build it with.
+    /// `rustc` to build it with, or if that `rustc` builds for another
+    /// architecture than these tests run on (a cross build under
+    /// emulation), since this process could not load what it builds.
     fn with_fixture<T>(
         tag: &str,
         flags: &[&str],
         look: impl FnOnce(&mut Objects, usize, usize) -> T,
     ) -> Option<T> {
+        let rustc = std::env::var("RUSTC").unwrap_or("rustc".into());
+        if let Ok(v) = std::process::Command::new(&rustc).arg("-vV").output() {
+            let v = String::from_utf8_lossy(&v.stdout).into_owned();
+            let host = v.lines().find_map(|l| l.strip_prefix("host: "));
+            if host.is_some_and(|h| !h.starts_with(std::env::consts::ARCH)) {
+                eprintln!(
+                    "rustc builds for {host:?}, not {}: skipped",
+                    std::env::consts::ARCH
+                );
+                return None;
+            }
+        }
         let dir =
             std::env::temp_dir().join(format!("heapwatch-fixture-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let src = dir.join("fixture.rs");
         std::fs::write(&src, FIXTURE).unwrap();
         let lib = dir.join("libhwfix.so");
-        let built = std::process::Command::new(std::env::var("RUSTC").unwrap_or("rustc".into()))
+        let built = std::process::Command::new(&rustc)
             .args([
                 "--edition=2021",
                 "--crate-type=cdylib",
