@@ -580,7 +580,9 @@ pub struct BudgetWatch {
 /// Starting the watcher works with the budget spent, too: what this call
 /// allocates is never refused, and the thread allocates nothing before
 /// its first poll. If the thread cannot be started (the system is out of
-/// threads), no callback is ever called.
+/// threads), no callback is ever called. The thread is not a `std` thread
+/// (see README, "Budget"): its name is set for the operating system only,
+/// on Linux, and `std::thread::current().name()` is `None` in the callback.
 ///
 /// # Example
 ///

@@ -417,8 +417,11 @@ fn is_plumbing_frame(f: &Frame) -> bool {
 /// above it, as Rust's own short backtraces do.
 const STACK_BASE: &str = "__rust_begin_short_backtrace";
 
+/// The same for heapwatch's own threads, which are not `std` threads.
+const OWN_STACK_BASE: &str = "heapwatch::threads::thread_base";
+
 fn is_stack_base(f: &Frame) -> bool {
-    f.function.contains(STACK_BASE)
+    f.function.contains(STACK_BASE) || f.function.ends_with(OWN_STACK_BASE)
 }
 
 /// Flattens a stack's symbolized return addresses (`groups`, one per

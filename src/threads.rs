@@ -13,9 +13,12 @@
 //! spawner asked for ([`Mode`]).
 //!
 //! std treats such a thread as one it did not start: `thread::current()`
-//! works in it (an unnamed handle), thread-locals and their destructors
-//! work. Its name is set for the operating system (`top -H`, `gdb`,
-//! `/proc/<pid>/task/*/comm`) on Linux.
+//! works in it (an unnamed handle: `name()` is `None`, and a panic there
+//! says `thread '<unnamed>'`), thread-locals and their destructors work.
+//! Its name is set for the operating system (`top -H`, `gdb`,
+//! `/proc/<pid>/task/*/comm`) on Linux only. std's stack-overflow message
+//! covers only its own threads: an overflow on one of these is a plain
+//! `SIGSEGV`.
 //!
 //! A handle knows the process that started its thread: in the child of a
 //! `fork`, which has none of the parent's other threads, joining or
@@ -39,10 +42,18 @@ pub(crate) enum Mode {
     NeverRefused,
 }
 
-/// Stack size of heapwatch's threads: std's default for spawned threads.
-/// Symbolizing recurses a little; the platform default can be smaller
-/// (512 KiB on macOS).
+/// Stack size of heapwatch's threads: std's default for spawned threads,
+/// or `RUST_MIN_STACK` if that asks for more, as std does (the watcher runs
+/// the program's callback). Symbolizing recurses a little; the platform
+/// default can be smaller (512 KiB on macOS).
 const STACK_BYTES: usize = 2 << 20;
+
+fn stack_bytes() -> usize {
+    let asked = std::env::var_os("RUST_MIN_STACK")
+        .and_then(|v| v.to_str()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    STACK_BYTES.max(asked)
+}
 
 /// What the new thread receives, leaked by [`spawn`].
 struct Start {
@@ -61,6 +72,22 @@ pub(crate) struct OwnThread {
     /// Joined or detached already (or inherited through a `fork`).
     done: bool,
 }
+
+// SAFETY: `pthread_t` is an opaque handle, a pointer on some targets
+// (musl), which is why the compiler does not find `OwnThread` `Send` and
+// `Sync` there. POSIX lets any thread of the process join or detach a
+// thread through it, and `OwnThread` shares nothing else: `join` takes it
+// by value and `in_this_process` only reads the pid.
+unsafe impl Send for OwnThread {}
+// SAFETY: as above; `&OwnThread` gives no way to join or detach.
+unsafe impl Sync for OwnThread {}
+
+// `ServerHandle` and `BudgetWatch` hold one, and are `Send + Sync` on
+// every target.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<OwnThread>();
+};
 
 /// Starts `body` on a new thread named `name` (at most 15 bytes, the
 /// kernel's limit), in `mode` from its first instruction. The caller's
@@ -88,7 +115,7 @@ pub(crate) fn spawn(
         }
         let min = usize::try_from(libc::sysconf(libc::_SC_THREAD_STACK_MIN)).unwrap_or(0);
         // A failure leaves the platform's default size, which also works.
-        let _ = libc::pthread_attr_setstacksize(attr.as_mut_ptr(), STACK_BYTES.max(min));
+        let _ = libc::pthread_attr_setstacksize(attr.as_mut_ptr(), stack_bytes().max(min));
         let mut id: libc::pthread_t = std::mem::zeroed();
         let r = libc::pthread_create(&mut id, attr.as_ptr(), run, start.cast());
         libc::pthread_attr_destroy(attr.as_mut_ptr());
@@ -119,12 +146,22 @@ extern "C" fn run(data: *mut c_void) -> *mut c_void {
     let Start { mode, name, body } = *unsafe { Box::from_raw(start) };
     set_name(name);
     let _ = catch_unwind(AssertUnwindSafe(|| match mode {
-        Mode::Guarded => body(),
-        Mode::NeverRefused => crate::budget::never_refused(body),
+        Mode::Guarded => thread_base(body),
+        Mode::NeverRefused => crate::budget::never_refused(|| thread_base(body)),
     }));
     // A panic was reported by the panic hook; it must not unwind out of
     // an `extern "C"` function (that aborts).
     std::ptr::null_mut()
+}
+
+/// The frame callsites end above (`symbolize::is_stack_base`), as they end
+/// above `__rust_begin_short_backtrace` on a `std` thread: what lies below
+/// is the same for every allocation the thread makes.
+#[inline(never)]
+fn thread_base(body: Box<dyn FnOnce() + Send>) {
+    body();
+    // Not a tail call: this frame stays on the stack under the body's.
+    std::hint::black_box(());
 }
 
 #[cfg(target_os = "linux")]

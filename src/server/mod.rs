@@ -390,7 +390,20 @@ impl ServerBuilder {
             };
             start(listener, cfg)
         });
-        let (thread, stop) = started?;
+        let (thread, stop) = match started {
+            Ok(started) => started,
+            Err((context, e)) => {
+                // `e` may hold a message allocated under the guard: the
+                // program gets a copy of its own, and `e` is freed under
+                // the guard, where it was made.
+                let copy = match e.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(e.kind(), e.to_string()),
+                };
+                untracked(|| drop(e));
+                return Err(Error::io(context, copy));
+            }
+        };
         Ok(ServerHandle {
             local_addr,
             thread: Some(thread),
@@ -409,7 +422,12 @@ fn describe(addrs: &[SocketAddr]) -> String {
 
 /// Spawns the server thread and waits until its runtime is up. Called
 /// under the guard: the thread's body is freed on that thread, under it.
-fn start(listener: TcpListener, cfg: Config) -> Result<(OwnThread, watch::Sender<bool>), Error> {
+/// An error comes with what was being done; it is the caller's to turn
+/// into an [`Error`] outside the guard.
+fn start(
+    listener: TcpListener,
+    cfg: Config,
+) -> Result<(OwnThread, watch::Sender<bool>), (&'static str, io::Error)> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), io::Error>>(1);
     // Under the guard for its whole life, thread-local destructors
@@ -418,16 +436,16 @@ fn start(listener: TcpListener, cfg: Config) -> Result<(OwnThread, watch::Sender
     let thread = threads::spawn(c"heapwatch-http", Mode::Guarded, move || {
         run(listener, cfg, stop_rx, ready_tx);
     })
-    .map_err(|e| Error::io("spawning the heapwatch-http thread", e))?;
+    .map_err(|e| ("spawning the heapwatch-http thread", e))?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok((thread, stop_tx)),
         Ok(Err(e)) => {
             thread.join();
-            Err(Error::io("starting the server runtime", e))
+            Err(("starting the server runtime", e))
         }
         Err(_) => {
             thread.join();
-            Err(Error::io(
+            Err((
                 "starting the server runtime",
                 io::Error::other("the heapwatch-http thread exited before it was ready"),
             ))
