@@ -207,28 +207,26 @@ impl Drop for OwnThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use std::sync::Arc;
+
+    /// Whether a body started in `mode` ran under the guard (`None`: it
+    /// did not run before `join` returned).
+    fn guarded_in(mode: Mode) -> Option<bool> {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let in_body = Arc::clone(&seen);
+        let t = spawn(c"hw-test", mode, move || {
+            *in_body.lock().unwrap() = Some(crate::guard::is_active());
+        })
+        .unwrap();
+        t.join();
+        let seen = *seen.lock().unwrap();
+        seen
+    }
 
     #[test]
     fn runs_the_body_in_its_mode_and_joins() {
-        let ran = Arc::new(AtomicBool::new(false));
-        let seen = Arc::clone(&ran);
-        let t = spawn(c"hw-test", Mode::Guarded, move || {
-            seen.store(crate::guard::is_active(), SeqCst);
-        })
-        .unwrap();
-        t.join();
-        assert!(ran.load(SeqCst), "the body ran under the guard");
-
-        let guarded = Arc::new(AtomicBool::new(true));
-        let seen = Arc::clone(&guarded);
-        let t = spawn(c"hw-test", Mode::NeverRefused, move || {
-            seen.store(crate::guard::is_active(), SeqCst);
-        })
-        .unwrap();
-        t.join();
-        assert!(!guarded.load(SeqCst), "the body ran unguarded");
+        assert_eq!(guarded_in(Mode::Guarded), Some(true), "under the guard");
+        assert_eq!(guarded_in(Mode::NeverRefused), Some(false), "unguarded");
     }
 
     #[test]
