@@ -278,6 +278,13 @@ impl Default for Thresholds {
 }
 
 /// Where the reservation stands against the budget.
+///
+/// A level is entered as soon as the reservation reaches its threshold, and
+/// left only once the reservation falls 2% of the budget below that
+/// threshold (with a 100 MiB budget and the default thresholds: `Warning`
+/// from 80 MiB up, `Normal` again below 78 MiB). A reservation hovering at a
+/// threshold therefore counts one crossing and makes one [`watch_budget`]
+/// event, not one per wobble.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -360,6 +367,8 @@ pub struct BudgetStatus {
     pub level: BudgetLevel,
     /// Times the reservation rose to the warning threshold from below
     /// (by growing, or by the budget or thresholds being lowered under it).
+    /// From below means from under the level's exit point, 2% of the budget
+    /// under the threshold ([`BudgetLevel`] says why).
     pub warning_crossings: u64,
     /// Times the reservation rose to the critical threshold from below
     /// (likewise).
@@ -995,11 +1004,21 @@ pub(crate) fn return_all_credit(shard: &Shard) {
     }
 }
 
-fn level_of(reserved: u64) -> BudgetLevel {
+/// How far below a threshold the reservation must fall before its level is
+/// left: 2% of the budget (1/50). A reservation that hovers at a threshold
+/// (a thread drawing and handing back a chunk of credit, a cache that
+/// fills and evicts) then counts one crossing and makes one watcher event,
+/// not one for every wobble.
+const HYSTERESIS_DIVISOR: u64 = 50;
+
+/// The level a reservation of `reserved` bytes is at or above, with
+/// `margin` bytes added to it.
+fn level_of(reserved: u64, margin: u64) -> BudgetLevel {
     let limit = LIMIT.load(Relaxed);
     if limit == UNLIMITED {
         return BudgetLevel::Normal;
     }
+    let reserved = reserved.saturating_add(margin);
     let pct = |p: u8| (limit as u128 * u128::from(p) / 100) as u64;
     if reserved > limit {
         BudgetLevel::Exceeded
@@ -1012,11 +1031,30 @@ fn level_of(reserved: u64) -> BudgetLevel {
     }
 }
 
+/// The level after `old` for a reservation of `reserved`: a higher level is
+/// entered as soon as it is reached; a level is left only once the
+/// reservation is [`HYSTERESIS_DIVISOR`]'s margin below its threshold.
+fn next_level(old: BudgetLevel, reserved: u64) -> BudgetLevel {
+    let limit = LIMIT.load(Relaxed);
+    let margin = if limit == UNLIMITED {
+        0
+    } else {
+        limit / HYSTERESIS_DIVISOR
+    };
+    let reached = level_of(reserved, 0);
+    reached.max(old.min(level_of(reserved, margin)))
+}
+
 /// Records the level for a new reservation, counting upward crossings.
 /// Atomics only; called from the hook's slow paths.
 fn update_level(reserved: u64) {
-    let new = level_of(reserved) as u8;
-    let old = LEVEL.swap(new, Relaxed);
+    let mut new = 0;
+    let old = LEVEL
+        .fetch_update(Relaxed, Relaxed, |old| {
+            new = next_level(BudgetLevel::from_u8(old), reserved) as u8;
+            Some(new)
+        })
+        .unwrap_or_else(|old| old);
     if new > old {
         if old < 1 && new >= 1 {
             WARNING_CROSSINGS.fetch_add(1, Relaxed);

@@ -190,6 +190,48 @@ fn a_panicking_callback_is_called_again() {
     drop(held);
 }
 
+/// A reservation hovering at a threshold is one crossing: the level is left
+/// only 2% of the budget below the threshold.
+fn a_level_hovering_at_a_threshold_counts_one_crossing() {
+    let budget = 100 * MIB as u64;
+    assert_eq!(heapwatch::budget_status().budget.bytes(), Some(budget));
+    let before = heapwatch::budget_status();
+    assert_eq!(before.level, BudgetLevel::Normal, "{before:?}");
+    // Held at 79.5% of the budget, give or take the thread's credit (at most
+    // 128 KiB, 0.125%).
+    let held = vec![1u8; (budget * 795 / 1000 - before.reserved_bytes) as usize];
+    assert_eq!(heapwatch::budget_status().level, BudgetLevel::Normal);
+    for round in 0..10 {
+        let wobble = vec![1u8; MIB];
+        assert_eq!(
+            heapwatch::budget_status().level,
+            BudgetLevel::Warning,
+            "round {round}: {:.2}% reserved",
+            percent_reserved()
+        );
+        drop(wobble);
+        assert_eq!(
+            heapwatch::budget_status().level,
+            BudgetLevel::Warning,
+            "round {round}: 1.5% under the threshold is within the margin ({:.2}% reserved)",
+            percent_reserved()
+        );
+    }
+    let after = heapwatch::budget_status();
+    assert_eq!(
+        after.warning_crossings - before.warning_crossings,
+        1,
+        "ten wobbles across 80% are one crossing"
+    );
+    drop(held);
+    assert_eq!(
+        heapwatch::budget_status().level,
+        BudgetLevel::Normal,
+        "{:.2}% reserved",
+        percent_reserved()
+    );
+}
+
 // `harness = false` (Cargo.toml): the assertions read process-wide
 // figures, which libtest's own threads would move.
 fn main() {
@@ -198,5 +240,6 @@ fn main() {
     a_crossing_between_polls_is_reported();
     a_callback_may_allocate_with_the_budget_spent();
     a_panicking_callback_is_called_again();
+    a_level_hovering_at_a_threshold_counts_one_crossing();
     println!("budget_watch: ok");
 }
