@@ -1,10 +1,18 @@
 //! The demo service: a small key-value cache with a worker pool, heapwatch
 //! installed over jemalloc, the endpoint on 127.0.0.1:7878, a 256 MiB
-//! budget, and a deliberate slow leak you can switch on.
+//! budget (`HEAPWATCH_MAX_MEMORY_MB` overrides it), and a deliberate slow
+//! leak you can switch on.
+//!
+//! The leak runs until the budget reaches its critical level (95%): a
+//! `watch_budget` callback then drops the leaked sessions, as an operator
+//! restarting the leaking component would, and the leak starts over. The
+//! leak's own allocations use `try_reserve`, so a refusal stops it instead
+//! of aborting the process. The service needs about 64 MiB; under a smaller
+//! budget the demo says so and exits.
 //!
 //! ```text
 //! cargo run --release --example demo                      # no leak
-//! cargo run --release --example demo -- --leak            # leaks ~8 MB/min
+//! cargo run --release --example demo -- --leak            # leaks ~8 MiB/min
 //! cargo run --release --example demo -- --port 9000 --leak-mb-per-min 20
 //! HEAPWATCH_DEMO_PORT=9000 cargo run --release --example demo
 //! ```
@@ -20,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use heapwatch::{Budget, ServerBuilder, Tracker};
+use heapwatch::{Budget, BudgetLevel, ServerBuilder, Tracker};
 
 #[global_allocator]
 static GLOBAL: Tracker<tikv_jemallocator::Jemalloc> =
@@ -123,6 +131,10 @@ struct Service {
 
 const CACHE_ENTRIES: usize = 20_000;
 
+/// The smallest budget the service runs under: its cache holds about 40 MiB,
+/// and snapshots and the workers' requests need room beside it.
+const MIN_BUDGET_MB: u64 = 64;
+
 impl Service {
     #[inline(never)]
     fn put(&self, key: u64, value_len: usize) {
@@ -155,11 +167,31 @@ impl Service {
         summary.to_string()
     }
 
-    /// The deliberate leak: a session record that is never removed.
+    /// The deliberate leak: a session record that is never removed. Its
+    /// allocations are fallible: `false` if the budget refused one.
     #[inline(never)]
-    fn remember_session(&self, id: u64, bytes: usize) {
-        let record = format!("session-{id}:{}", "x".repeat(bytes));
-        self.sessions.lock().unwrap().push(record);
+    fn remember_session(&self, id: u64, bytes: usize) -> bool {
+        let mut record = String::new();
+        if record.try_reserve_exact(bytes + 32).is_err() {
+            return false;
+        }
+        record.push_str("session-");
+        record.push_str(&id.to_string());
+        record.push(':');
+        record.extend(std::iter::repeat_n('x', bytes));
+        let mut sessions = self.sessions.lock().unwrap();
+        if sessions.try_reserve(1).is_err() {
+            return false;
+        }
+        sessions.push(record);
+        true
+    }
+
+    /// Drops every leaked session; returns how many there were and their
+    /// bytes.
+    fn forget_sessions(&self) -> (usize, usize) {
+        let dropped = std::mem::take(&mut *self.sessions.lock().unwrap());
+        (dropped.len(), dropped.iter().map(String::capacity).sum())
     }
 }
 
@@ -206,13 +238,38 @@ fn main() {
         }
     };
     let base = format!("http://{}", server.local_addr());
+    // The budget in force: the builder's 256 MiB, or the environment's.
+    let status = heapwatch::budget_status();
+    let budget = match status.budget.bytes() {
+        Some(b) => format!("budget {} MiB", b >> 20),
+        None => "no budget".to_string(),
+    };
+    let source = if status.env_var_invalid {
+        " (HEAPWATCH_MAX_MEMORY_MB is not a size: ignored)"
+    } else if std::env::var_os("HEAPWATCH_MAX_MEMORY_MB").is_some() {
+        " (from HEAPWATCH_MAX_MEMORY_MB)"
+    } else {
+        ""
+    };
+    if status
+        .budget
+        .bytes()
+        .is_some_and(|b| b < MIN_BUDGET_MB << 20)
+    {
+        eprintln!(
+            "demo: the {budget}{source} is below the {MIN_BUDGET_MB} MiB this service needs: \
+             its cache would be refused memory and the process would abort"
+        );
+        std::process::exit(2);
+    }
     println!(
-        "heapwatch demo: a key-value cache with {} workers, budget 256 MiB",
+        "heapwatch demo: a key-value cache with {} workers, {budget}{source}",
         o.workers
     );
     if o.leak_mb_per_min > 0.0 {
         println!(
-            "leak: ON, about {} MB/min from demo::Service::remember_session",
+            "leak: ON, about {} MiB/min from demo::Service::remember_session \
+             (dropped when the budget reaches its critical level)",
             o.leak_mb_per_min
         );
     } else {
@@ -235,6 +292,29 @@ fn main() {
         sessions: Mutex::new(Vec::new()),
         served: AtomicU64::new(0),
     });
+    // Reacting to the budget, outside the allocator: report each level, and
+    // at the critical one drop the leaked sessions, as an operator
+    // restarting the leaking component would.
+    let started = Instant::now();
+    let watch = {
+        let service = Arc::clone(&service);
+        heapwatch::watch_budget(Duration::from_millis(100), move |event| {
+            let t = started.elapsed().as_secs();
+            let pct = event.status.budget.bytes().map_or(0.0, |b| {
+                event.status.reserved_bytes as f64 * 100.0 / b as f64
+            });
+            println!("[{t:>4}s] budget: {:?}, {pct:.1}% reserved", event.reached);
+            if event.reached >= BudgetLevel::Critical {
+                let (n, bytes) = service.forget_sessions();
+                if n > 0 {
+                    println!(
+                        "[{t:>4}s] dropped {n} leaked sessions ({:.1} MiB); the leak starts over",
+                        bytes as f64 / 1_048_576.0
+                    );
+                }
+            }
+        })
+    };
     let (tx, rx) = mpsc::sync_channel::<Job>(1024);
     let rx = Arc::new(Mutex::new(rx));
     let workers: Vec<_> = (0..o.workers.max(1))
@@ -248,7 +328,6 @@ fn main() {
         })
         .collect();
 
-    let started = Instant::now();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut next = || {
         rng ^= rng << 13;
@@ -260,6 +339,7 @@ fn main() {
     let mut last_status = Instant::now();
     let mut tick = Instant::now();
     let mut session = 0u64;
+    let mut refused = false;
     while !STOP.load(Ordering::SeqCst) {
         if o.seconds
             .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
@@ -289,8 +369,16 @@ fn main() {
             leaked_bytes += o.leak_mb_per_min * 1_048_576.0 / 60.0 * dt;
             while leaked_bytes >= 4096.0 {
                 session += 1;
-                service.remember_session(session, 4096);
                 leaked_bytes -= 4096.0;
+                if service.remember_session(session, 4096) {
+                    refused = false;
+                } else if !refused {
+                    refused = true;
+                    println!(
+                        "[{:>4}s] the budget refused the leak an allocation: it waits for the next drop",
+                        started.elapsed().as_secs()
+                    );
+                }
             }
         }
         if last_status.elapsed() >= Duration::from_secs(10) {
@@ -308,6 +396,7 @@ fn main() {
     }
 
     println!("shutting down...");
+    drop(watch);
     drop(tx);
     for w in workers {
         let _ = w.join();
