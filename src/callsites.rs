@@ -25,7 +25,9 @@
 //! Overflow is never silent: a sample whose stack finds no free callsite
 //! slot is counted in the *unattributed* row (and its free subtracted there
 //! again); a sample that finds no free live-block slot is counted in
-//! [`Unattributed`] as `untracked`, since its free cannot be matched.
+//! [`Unattributed`] as `untracked`, since its free cannot be matched, and
+//! left out of its callsite's live figures (which would otherwise hold it
+//! live forever).
 //!
 //! # Fork
 //!
@@ -120,6 +122,13 @@ struct SiteCounters {
     alloc_bytes: AtomicU64,
     frees_w: AtomicU64,
     freed_bytes: AtomicU64,
+    /// Of the allocations counted here, those whose blocks found no room in
+    /// the live-block table (or no table): their frees can never be
+    /// matched, so they are left out of the live figures rather than
+    /// staying live forever. Added directly (overflow only), never through
+    /// the pending caches.
+    untracked_w: AtomicU64,
+    untracked_bytes: AtomicU64,
 }
 
 impl SiteCounters {
@@ -129,6 +138,8 @@ impl SiteCounters {
             alloc_bytes: AtomicU64::new(0),
             frees_w: AtomicU64::new(0),
             freed_bytes: AtomicU64::new(0),
+            untracked_w: AtomicU64::new(0),
+            untracked_bytes: AtomicU64::new(0),
         }
     }
 
@@ -156,22 +167,43 @@ impl SiteCounters {
         ]
     }
 
+    /// `[untracked_w, untracked_bytes]`.
+    fn load_untracked(&self) -> [u64; 2] {
+        [
+            self.untracked_w.load(Relaxed),
+            self.untracked_bytes.load(Relaxed),
+        ]
+    }
+
+    fn add_untracked(&self, w: u64, bytes: u64) {
+        self.untracked_w.fetch_add(w, Relaxed);
+        self.untracked_bytes.fetch_add(bytes, Relaxed);
+    }
+
     fn read(&self) -> SiteFigures {
-        SiteFigures::from_raw(self.load())
+        SiteFigures::from_raw(self.load(), self.load_untracked())
     }
 }
 
 impl SiteFigures {
     /// Figures from raw weighted counters
-    /// `[allocs_w, alloc_bytes, frees_w, freed_bytes]`.
-    fn from_raw([allocs_w, alloc_bytes, frees_w, freed_bytes]: [u64; 4]) -> SiteFigures {
+    /// `[allocs_w, alloc_bytes, frees_w, freed_bytes]` and
+    /// `[untracked_w, untracked_bytes]` (left out of the live figures).
+    fn from_raw(
+        [allocs_w, alloc_bytes, frees_w, freed_bytes]: [u64; 4],
+        [untracked_w, untracked_bytes]: [u64; 2],
+    ) -> SiteFigures {
         SiteFigures {
             allocations: weighted_count(allocs_w),
             allocated_bytes: alloc_bytes,
             frees: weighted_count(frees_w),
             freed_bytes,
-            live_blocks: weighted_count(allocs_w.saturating_sub(frees_w)),
-            live_bytes: alloc_bytes.saturating_sub(freed_bytes),
+            live_blocks: weighted_count(
+                allocs_w.saturating_sub(frees_w).saturating_sub(untracked_w),
+            ),
+            live_bytes: alloc_bytes
+                .saturating_sub(freed_bytes)
+                .saturating_sub(untracked_bytes),
         }
     }
 }
@@ -662,7 +694,7 @@ pub(crate) fn record_alloc(shard: &Shard, ptr: usize, size: usize, weight: u64) 
     if !tables_ready() {
         DROPPED_NO_TABLES.fetch_add(1, Relaxed);
         UNATTRIBUTED_ROW.add(Pair::Alloc, weight, weighted_bytes(size, weight));
-        untracked(size, weight);
+        untracked(UNATTRIBUTED, size, weight);
         return;
     }
     let mut frames = [0usize; MAX_FRAMES];
@@ -690,7 +722,7 @@ pub(crate) fn record_alloc(shard: &Shard, ptr: usize, size: usize, weight: u64) 
     );
     if !insert(ptr, Record { site, size, weight }) {
         DROPPED_LIVE_FULL.fetch_add(1, Relaxed);
-        untracked(size, weight);
+        untracked(site, size, weight);
     }
 }
 
@@ -704,9 +736,16 @@ fn count(shard: &Shard, site: u32, pair: Pair, w: u64, bytes: u64) {
     }
 }
 
-fn untracked(size: u64, weight: u64) {
+/// Counts a sampled block of callsite `site` (or the unattributed row)
+/// that has no record: in the totals of untracked blocks, and out of the
+/// site's live figures, since its free will never be matched.
+fn untracked(site: u32, size: u64, weight: u64) {
+    let bytes = weighted_bytes(size, weight);
     UNTRACKED_ALLOCS_W.fetch_add(weight, Relaxed);
-    UNTRACKED_BYTES.fetch_add(weighted_bytes(size, weight), Relaxed);
+    UNTRACKED_BYTES.fetch_add(bytes, Relaxed);
+    if site != INNER_OWN {
+        counters_of(site).add_untracked(weight, bytes);
+    }
 }
 
 /// Counts the free of a sampled block, by the thread holding `shard`, at
@@ -721,7 +760,7 @@ pub(crate) fn put_back(ptr: usize, rec: Record) {
     if !insert(ptr, rec) {
         // Counted as allocated at its site but no longer matchable.
         DROPPED_LIVE_FULL.fetch_add(1, Relaxed);
-        untracked(rec.size, rec.weight);
+        untracked(rec.site, rec.size, rec.weight);
     }
 }
 
@@ -953,14 +992,19 @@ pub(crate) struct RawSite {
 /// Allocates: call outside the hook.
 pub(crate) fn read_sites() -> Vec<RawSite> {
     let (mut raw, pending) = pending::read_with(|| {
-        let mut raw: Vec<(u32, [u64; 4], bool)> = Vec::new();
+        let mut raw: Vec<(u32, [u64; 4], [u64; 2], bool)> = Vec::new();
         for (i, s) in sites().iter().enumerate() {
             let h = s.hash.load(Acquire);
             if h == 0 || h & BUSY != 0 {
                 continue;
             }
             if let Ok(slot) = u32::try_from(i) {
-                raw.push((slot, s.counters.load(), s.estimated.load(Relaxed) != 0));
+                raw.push((
+                    slot,
+                    s.counters.load(),
+                    s.counters.load_untracked(),
+                    s.estimated.load(Relaxed) != 0,
+                ));
             }
         }
         raw
@@ -969,7 +1013,7 @@ pub(crate) fn read_sites() -> Vec<RawSite> {
         // `raw` is in slot order. A slot with pending figures is published
         // (figures are counted only after `find_or_insert` published it).
         if let Ok(i) = raw.binary_search_by_key(&slot, |r| r.0) {
-            if let Some((_, c, _)) = raw.get_mut(i) {
+            if let Some((_, c, _, _)) = raw.get_mut(i) {
                 for (c, f) in c.iter_mut().zip(f) {
                     *c = c.wrapping_add(f);
                 }
@@ -977,9 +1021,9 @@ pub(crate) fn read_sites() -> Vec<RawSite> {
         }
     }
     raw.into_iter()
-        .map(|(slot, c, estimated)| RawSite {
+        .map(|(slot, c, u, estimated)| RawSite {
             slot,
-            figures: SiteFigures::from_raw(c),
+            figures: SiteFigures::from_raw(c, u),
             estimated,
         })
         .collect()
@@ -1005,12 +1049,20 @@ pub struct Unattributed {
     pub frees: u64,
     /// Bytes of those frees.
     pub freed_bytes: u64,
-    /// Estimated live bytes of tracked unattributed blocks.
+    /// Estimated live bytes of tracked unattributed blocks (untracked ones
+    /// are left out: their frees cannot be seen).
     pub live_bytes: u64,
+    /// Estimated live tracked unattributed blocks. 0 in files saved by
+    /// earlier versions.
+    #[serde(default)]
+    pub live_blocks: u64,
     /// Samples whose callsite found the callsite table full.
     pub dropped_callsite_table_full: u64,
-    /// Samples that found the live-block table full (their frees cannot be
-    /// matched: counted in `untracked_*`).
+    /// Samples that found the live-block table full. Their frees cannot be
+    /// matched, so they are counted in `untracked_*` and left out of their
+    /// callsite's live figures (which would otherwise keep them live
+    /// forever); their allocation still counts in the callsite's
+    /// `allocations` and `allocated_bytes`.
     pub dropped_live_table_full: u64,
     /// Samples taken while the tables were being mapped, or after mapping
     /// failed.
@@ -1039,6 +1091,7 @@ pub(crate) fn unattributed() -> Unattributed {
         frees: f.frees,
         freed_bytes: f.freed_bytes,
         live_bytes: f.live_bytes,
+        live_blocks: f.live_blocks,
         dropped_callsite_table_full: DROPPED_SITE_FULL.load(Relaxed),
         dropped_live_table_full: DROPPED_LIVE_FULL.load(Relaxed),
         dropped_no_tables: DROPPED_NO_TABLES.load(Relaxed),
@@ -1057,7 +1110,9 @@ pub struct TableUsage {
     pub callsite_capacity: u64,
     /// Callsites recorded.
     pub callsites_used: u64,
-    /// Live sampled block slots (0 until mapped).
+    /// Live sampled block slots (0 until mapped), the 8,192 used first when
+    /// sampling by bytes included. Each stripe of them fills to 7/8 at most
+    /// (half, for those 8,192): see `Tracker::with_max_live_samples`.
     pub live_sample_capacity: u64,
     /// Live sampled blocks recorded now (with, under an inner allocator
     /// that allocates for itself such as `dhat::Alloc`, the records of its
@@ -1102,8 +1157,8 @@ mod tests {
 
     #[cfg(target_pointer_width = "64")]
     #[test]
-    fn site_is_304_bytes_and_slot_32() {
-        assert_eq!(std::mem::size_of::<Site>(), 304);
+    fn site_is_320_bytes_and_slot_32() {
+        assert_eq!(std::mem::size_of::<Site>(), 320);
         assert_eq!(std::mem::size_of::<Slot>(), 32);
     }
 
@@ -1129,7 +1184,7 @@ mod tests {
         }
         check::<8>(3 * 512 + 7);
         check::<16>(4096);
-        check::<304>(100);
+        check::<320>(100);
         check::<1>(70_000);
         check::<32>(1);
     }

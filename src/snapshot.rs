@@ -26,7 +26,7 @@
 //!                    "estimated": true } ],
 //!   "callsites_omitted": 0,       // left out by /heap?top=N or the history
 //!   "unattributed": { allocations, allocated_bytes, frees, freed_bytes,
-//!                     live_bytes, dropped_callsite_table_full,
+//!                     live_bytes, live_blocks, dropped_callsite_table_full,
 //!                     dropped_live_table_full, dropped_no_tables,
 //!                     untracked_allocations, untracked_bytes,
 //!                     lock_contentions, inner_blocks_untracked },

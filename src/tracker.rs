@@ -157,7 +157,7 @@ impl<A> Tracker<A> {
     }
 
     /// Sets the capacity of the callsite table (clamped to 64 ..= 2^24,
-    /// rounded up to a power of two; memory: 304 bytes a callsite, mapped
+    /// rounded up to a power of two; memory: 320 bytes a callsite, mapped
     /// on first use).
     #[must_use]
     pub const fn with_max_callsites(mut self, n: usize) -> Tracker<A> {
@@ -165,11 +165,17 @@ impl<A> Tracker<A> {
         self
     }
 
-    /// Sets how many sampled blocks can be live at once (clamped to
-    /// 1,024 ..= 2^28, rounded up to a power of two; memory: 32 bytes each,
-    /// mapped on first use). When
-    /// sampling by bytes, 8,192 more slots (256 KiB) in front of them take
-    /// blocks first.
+    /// Sets the number of slots for sampled blocks live at once (clamped
+    /// to 1,024 ..= 2^28, rounded up to a power of two; memory: 32 bytes
+    /// each, mapped on first use). When sampling by bytes, 8,192 more slots
+    /// (256 KiB) in front of them take blocks first.
+    ///
+    /// Blocks go to one of 64 stripes by address, and a stripe fills to 7/8
+    /// of its share at most: at most 7/8 of `n` blocks are tracked at once,
+    /// a little fewer when addresses fall unevenly. A sampled block that
+    /// finds its stripe full is counted in `Unattributed::untracked_*` and
+    /// `dropped_live_table_full`, and left out of its callsite's live
+    /// figures (its allocation still counts).
     #[must_use]
     pub const fn with_max_live_samples(mut self, n: usize) -> Tracker<A> {
         self.config.max_live_samples = n;

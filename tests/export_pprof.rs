@@ -345,6 +345,7 @@ fn pprof_unattributed_row_is_a_synthetic_sample() {
         u["frees"] = 4.into();
         u["freed_bytes"] = 256.into();
         u["live_bytes"] = 384.into();
+        u["live_blocks"] = 6.into();
     });
     let p = decode(&edited.to_pprof(PprofKind::Heap));
     check_structure(&p);

@@ -411,12 +411,10 @@ impl Snapshot {
         }
         let u = &self.unattributed;
         if u.allocations > 0 {
-            // The row keeps no live-block count: allocations - frees is the
-            // same estimate the core makes for a callsite.
             let values = [
                 u.allocations,
                 u.allocated_bytes,
-                u.allocations.saturating_sub(u.frees),
+                u.live_blocks,
                 u.live_bytes,
             ];
             b.sample(&[synthetic(UNATTRIBUTED_FRAME)], values);
