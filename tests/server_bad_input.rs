@@ -447,12 +447,30 @@ fn requests_to_other_host_names_are_refused() {
         "127.0.0.1.nip.io".to_string(),
         "localhost.evil.example".to_string(),
         "10.0.0.1".to_string(),
-        "not a host name".to_string(),
     ] {
         let r = with_host("/heap", &host);
         assert_error(&r, 403, &["DNS rebinding"]);
         assert!(!r.contains("callsites"), "{r}");
     }
+    // A Host that is not `host[:port]`, two of them, or none in HTTP/1.1:
+    // 400 (RFC 9112, section 3.2), before the host check.
+    for host in [
+        "not a host name",
+        "localhost:abc",
+        "user@localhost",
+        "localhost:70000",
+    ] {
+        let r = with_host("/heap", host);
+        assert_error(&r, 400, &["Host", "not a host name or address"]);
+        assert!(!r.contains("callsites"), "{r}");
+    }
+    let r = exchange(
+        addr,
+        b"GET /heap HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_error(&r, 400, &["more than one Host header"]);
+    let r = exchange(addr, b"GET /heap HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert_error(&r, 400, &["needs a Host header"]);
     // An absolute request target names a host too.
     let r = with_host("http://evil.example/heap", "localhost");
     assert_error(&r, 403, &["evil.example"]);

@@ -206,9 +206,17 @@ fn routes_history_diff_and_shutdown() {
     assert_eq!(hist["interval_ms"], interval_ms);
     assert_eq!(hist["capacity"], 1000);
     for s in snaps {
-        for key in ["id", "taken_at_ms", "uptime_ms", "totals"] {
+        for key in [
+            "id",
+            "taken_at_ms",
+            "uptime_ms",
+            "totals",
+            "callsites_omitted",
+        ] {
             assert!(s.get(key).is_some(), "history entry lacks {key}");
         }
+        // `history_callsites` above keeps every callsite.
+        assert_eq!(s["callsites_omitted"], 0, "{s}");
     }
     assert!(snaps[1]["id"].as_u64() > snaps[0]["id"].as_u64());
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http_body_util::Full;
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use serde::Serialize;
 
 use super::state::State;
@@ -152,8 +152,11 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
 
 async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiError> {
     // Checks in this order, so that each answer says the first thing wrong:
-    // the host (403), the token (401), the path (404), the method (405), a
-    // body (413), the query (400).
+    // a malformed Host (400), the host (403), the token (401), the path
+    // (404), the method (405), a body (413), the query (400).
+    if let Some(problem) = bad_host_header(req) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, problem));
+    }
     if state.cfg.loopback_only {
         if let Some(host) = foreign_host(req, &state.cfg.allowed_hosts) {
             return Err(ApiError::new(
@@ -350,6 +353,7 @@ fn history(state: &State) -> Result<Resp, ApiError> {
         taken_at_ms: u64,
         uptime_ms: u64,
         totals: &'a crate::counters::Stats,
+        callsites_omitted: u64,
     }
     #[derive(Serialize)]
     struct History<'a> {
@@ -368,6 +372,7 @@ fn history(state: &State) -> Result<Resp, ApiError> {
                 taken_at_ms: s.taken_at_ms,
                 uptime_ms: s.uptime_ms,
                 totals: &s.totals,
+                callsites_omitted: s.callsites_omitted,
             })
             .collect(),
     })
@@ -505,6 +510,51 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     Some(rest.trim_ascii())
 }
 
+/// What is wrong with a request's `Host` header by RFC 9112, section 3.2
+/// (which has a server answer `400`): more than one, none in an HTTP/1.1
+/// request, or a value that is not `host[:port]`. An empty value is allowed
+/// (the host check then refuses it), as is no `Host` in HTTP/1.0.
+fn bad_host_header(req: &Request<Incoming>) -> Option<String> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("more than one Host header".to_string()),
+        (None, _) if req.version() == Version::HTTP_11 => {
+            Some("an HTTP/1.1 request needs a Host header".to_string())
+        }
+        (None, _) => None,
+        (Some(h), None) if is_host_and_port(h.as_bytes()) => None,
+        (Some(h), None) => Some(format!(
+            "Host {:?} is not a host name or address with an optional port",
+            String::from_utf8_lossy(h.as_bytes())
+        )),
+    }
+}
+
+/// `uri-host [ ":" port ]`, or empty: no user information, and a port of
+/// digits only that fits in 16 bits.
+fn is_host_and_port(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let Ok(s) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let Ok(authority) = s.parse::<hyper::http::uri::Authority>() else {
+        return false;
+    };
+    if s.contains('@') {
+        return false;
+    }
+    let Some(port) = s.strip_prefix(authority.host()) else {
+        return false;
+    };
+    match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some("") => true,
+        Some(digits) => digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok(),
+    }
+}
+
 /// The host a request names, through its `Host` header or an absolute
 /// request target, when that is not a loopback name (`localhost`, a name
 /// under `.localhost`, or a loopback address). A page that makes its own
@@ -564,6 +614,36 @@ mod tests {
         assert!(parse_query("a=%ff").is_err(), "not UTF-8");
         assert!(parse_query("a=%4").is_err());
         assert!(parse_query("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "",
+            "localhost",
+            "localhost:7878",
+            "localhost:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:7878",
+            "LocalHost:65535",
+            "heap.internal",
+        ] {
+            assert!(is_host_and_port(ok.as_bytes()), "{ok:?}");
+        }
+        for bad in [
+            "localhost:abc",
+            "localhost:65536",
+            "localhost:-1",
+            "user@localhost",
+            "not a host name",
+            "localhost/heap",
+            "[::1",
+            "localhost:80:80",
+        ] {
+            assert!(!is_host_and_port(bad.as_bytes()), "{bad:?}");
+        }
+        assert!(!is_host_and_port(b"local\xffhost"));
     }
 
     #[test]
