@@ -228,6 +228,13 @@ fn bad_requests_get_json_errors() {
         assert_error(&r, 400, mentions);
         assert_good(addr, target);
     }
+    // A `top` past what a machine can count keeps every callsite.
+    let r = get(addr, "/heap?top=99999999999999999999999", "");
+    assert_eq!(status(&r), Some(200), "{r}");
+    assert_eq!(body(&r)["callsites_omitted"], 0, "{r}");
+    // `seconds` is refused on its own (above): not listed as accepted.
+    let r = get(addr, "/debug/pprof/allocs?x=1", "");
+    assert_error(&r, 400, &["\"x\"", "(accepted: gc, debug)"]);
     server.shutdown();
 }
 

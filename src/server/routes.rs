@@ -217,7 +217,14 @@ async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiErro
     }
     let query = query?;
     if let Some(name) = query.keys().find(|k| !route.params().contains(&k.as_str())) {
-        let allowed = route.params().join(", ");
+        // `seconds` is recognized only to be refused with its own message.
+        let allowed: Vec<&str> = route
+            .params()
+            .iter()
+            .copied()
+            .filter(|p| *p != "seconds")
+            .collect();
+        let allowed = allowed.join(", ");
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!(
@@ -445,6 +452,8 @@ fn parse_top(query: &HashMap<String, String>) -> Result<Option<usize>, ApiError>
         None => Ok(None),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if n > 0 => Ok(Some(n)),
+            // More than can exist: every callsite.
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(Some(usize::MAX)),
             _ => Err(ApiError::bad_param("top", v, "expected a positive integer")),
         },
     }
