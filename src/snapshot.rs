@@ -395,12 +395,24 @@ impl Snapshot {
     /// [`Error::InvalidSnapshot`] (with serde's line, column and reason) for
     /// anything that is not a snapshot.
     pub fn from_json(json: &str) -> Result<Snapshot, Error> {
+        let invalid = |why: String| Error::InvalidSnapshot(serde::de::Error::custom(why));
+        // A byte order mark, which RFC 8259 lets a parser ignore (editors
+        // on Windows write one).
+        let json = json.strip_prefix('\u{feff}').unwrap_or(json);
         // serde's derive also reads a struct from an array (`[1, 2]`), and
         // then reports trailing characters: say what is wrong instead.
-        if !json.trim_start().starts_with('{') {
-            return Err(Error::InvalidSnapshot(serde::de::Error::custom(
-                "expected a JSON object with a \"version\" field",
-            )));
+        match json.trim_start().chars().next() {
+            Some('{') => {}
+            None => {
+                return Err(invalid(
+                    "the input is empty (expected a JSON object with a \"version\" field)".into(),
+                ))
+            }
+            Some(c) => {
+                return Err(invalid(format!(
+                    "expected a JSON object with a \"version\" field, found {c:?} first"
+                )))
+            }
         }
         #[derive(Deserialize)]
         struct Version {
@@ -420,11 +432,21 @@ impl Snapshot {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] naming the file, or the errors of [`Snapshot::from_json`].
+    /// [`Error::Io`] naming the file, [`Error::InvalidSnapshot`] for a file
+    /// that is not text (saying so when it is gzip-compressed, as pprof
+    /// profiles are), or the errors of [`Snapshot::from_json`].
     pub fn load(path: impl AsRef<Path>) -> Result<Snapshot, Error> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let why = if e.as_bytes().starts_with(&[0x1f, 0x8b]) {
+                "the file is gzip-compressed (a pprof profile?), not JSON"
+            } else {
+                "the file is not UTF-8 text, so not JSON"
+            };
+            Error::InvalidSnapshot(serde::de::Error::custom(why))
+        })?;
         Snapshot::from_json(&text)
     }
 

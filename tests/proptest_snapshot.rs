@@ -104,9 +104,23 @@ fn the_valid_snapshot_loads_and_every_truncation_is_an_error() {
 
 #[test]
 fn foreign_json_says_what_is_wrong() {
+    // A byte order mark before a snapshot is ignored (RFC 8259, 8.1).
+    let snap = heapwatch::snapshot();
+    let with_bom = format!("\u{feff}{}", serde_json::to_string(&snap).unwrap());
+    assert_eq!(
+        heapwatch::Snapshot::from_json(&with_bom).unwrap().id,
+        snap.id
+    );
+
     for (text, says) in [
-        ("[1,2,3]", "expected a JSON object with a \"version\" field"),
+        (
+            "[1,2,3]",
+            "expected a JSON object with a \"version\" field, found '['",
+        ),
         ("  \"heap\"", "expected a JSON object"),
+        ("", "the input is empty"),
+        (" \n\t ", "the input is empty"),
+        ("\u{feff}[]", "found '['"),
         ("{}", "missing field `version`"),
         ("{\"version\": 99}", "unsupported snapshot version 99"),
         (

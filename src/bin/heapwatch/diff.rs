@@ -76,9 +76,11 @@ fn render(
         out.push_str("note: NEW was taken before BASE; are the arguments swapped?\n");
     }
     if diff.callsites_not_compared > 0 {
+        let n = diff.callsites_not_compared;
         out.push_str(&format!(
-            "note: {} callsites not compared: each is absent from a snapshot that left callsites out (saved with ?top=N)\n",
-            diff.callsites_not_compared
+            "note: {n} callsite{} not compared: {} absent from a snapshot that left callsites out (saved with ?top=N)\n",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "it is" } else { "each is" },
         ));
     }
     out.push('\n');

@@ -112,10 +112,11 @@ pub fn run(argv: &[String]) -> Result<(), Failure> {
             snapshot
                 .save(path)
                 .map_err(|e| Failure::runtime(e.to_string()))?;
+            let n = snapshot.callsites.len();
             emit(&format!(
-                "saved snapshot {} ({} callsites, live {}, peak {}) from {url} to {path} in {}\n",
+                "saved snapshot {} ({n} callsite{}, live {}, peak {}) from {url} to {path} in {}\n",
                 snapshot.id,
-                snapshot.callsites.len(),
+                if n == 1 { "" } else { "s" },
                 format::size(snapshot.totals.live_bytes),
                 format::size(snapshot.totals.peak_bytes),
                 format::duration(latency),
