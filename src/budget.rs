@@ -70,17 +70,19 @@ impl Budget {
     /// No budget: nothing is refused.
     pub const UNLIMITED: Budget = Budget(UNLIMITED);
 
-    /// A budget of `bytes` bytes.
+    /// A budget of `bytes` bytes. `u64::MAX` bytes is [`Budget::UNLIMITED`].
     pub const fn from_bytes(bytes: u64) -> Budget {
         Budget(bytes)
     }
 
-    /// A budget of `mb` mebibytes (saturating).
+    /// A budget of `mb` mebibytes (saturating: a size past `u64::MAX`
+    /// bytes is [`Budget::UNLIMITED`]).
     pub const fn from_mb(mb: u64) -> Budget {
         Budget(mb.saturating_mul(1 << 20))
     }
 
-    /// A budget of `gb` gibibytes (saturating).
+    /// A budget of `gb` gibibytes (saturating: a size past `u64::MAX`
+    /// bytes is [`Budget::UNLIMITED`]).
     pub const fn from_gb(gb: u64) -> Budget {
         Budget(gb.saturating_mul(1 << 30))
     }
@@ -160,15 +162,18 @@ impl FromStr for Budget {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(lower.len());
         let (num, unit) = lower.split_at(split);
+        // The unit as written, for the message (ASCII case folding keeps
+        // byte offsets).
+        let written = t.get(split..).unwrap_or(unit).trim();
         let shift = match unit.trim() {
             "" | "b" => 0,
             "k" | "kb" | "kib" => 10,
             "m" | "mb" | "mib" => 20,
             "g" | "gb" | "gib" => 30,
             "t" | "tb" | "tib" => 40,
-            other => {
+            _ => {
                 return Err(err(&format!(
-                    "unknown unit {other:?} (use B, KiB, MiB, GiB or TiB after a plain \
+                    "unknown unit {written:?} (use B, KiB, MiB, GiB or TiB after a plain \
                      number, as in 512MiB or 1.5GiB)"
                 )))
             }
@@ -1190,7 +1195,8 @@ mod tests {
             ("1.5B", "a fraction of a byte"),
             ("0.0001KiB", "less than a byte"),
             ("+5MB", "expected a number"),
-            ("0xFF", "unknown unit \"xff\""),
+            ("0xFF", "unknown unit \"xFF\""),
+            ("1e3MB", "unknown unit \"e3MB\""),
         ] {
             let e = bad.parse::<Budget>().unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");

@@ -32,7 +32,8 @@ pub enum Sampling {
     Off,
     /// Poisson sampling with a mean interval of this many bytes (the
     /// default: 512 KiB, as Go and jemalloc use). Per-callsite figures are
-    /// unbiased estimates.
+    /// unbiased estimates. `Bytes(0)` is taken as `Bytes(1)`, and reported
+    /// so by [`sampling`].
     Bytes(u64),
     /// Every allocation: exact per-callsite figures, at the cost of a stack
     /// capture per allocation. For tests and short investigations.

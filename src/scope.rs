@@ -176,6 +176,10 @@ pub struct GrowthReport {
     /// figures are estimates, and a small leak may have no sample).
     #[serde(default)]
     pub sampled: bool,
+    /// Whether callsite recording was off (`Sampling::Off`) when the check
+    /// ended: no callsite can be named then.
+    #[serde(default)]
+    pub sampling_off: bool,
     /// Whether the checked callable's type names a function that frames
     /// can show (false for a function pointer or a `dyn FnMut`, whose
     /// callsites then all land in `elsewhere_growing`).
@@ -201,6 +205,11 @@ impl GrowthReport {
         if self.top_growing.is_empty() && !self.nameable {
             s.push_str(
                 "; a function pointer or dyn FnMut names no callsite: pass the closure itself",
+            );
+        } else if self.top_growing.is_empty() && self.sampling_off {
+            s.push_str(
+                "; callsites are not recorded under Sampling::Off \
+                 (set Sampling::All to have the growing ones named)",
             );
         } else if self.top_growing.is_empty() {
             s.push_str(if self.sampled {
@@ -389,9 +398,11 @@ impl GrowthCheck {
         top_growing.truncate(self.top);
         elsewhere_growing.truncate(self.top);
         let sampled = now.sample_interval_bytes.is_some();
+        let sampling_off = now.mode == "off";
         drop((base, now));
         let report = GrowthReport {
             sampled,
+            sampling_off,
             nameable: nameable(closure),
             iterations: self.iterations,
             growing_iterations: growing,
@@ -440,7 +451,28 @@ pub fn assert_no_growth(f: impl FnMut()) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_function;
+    use super::{is_function, GrowthReport, Leak};
+
+    #[test]
+    fn a_leak_found_with_sampling_off_says_why_no_callsite_is_named() {
+        let report = |sampled, sampling_off| GrowthReport {
+            iterations: 10,
+            growing_iterations: 10,
+            total_growth_bytes: 640,
+            per_iteration_bytes: vec![64; 10],
+            top_growing: Vec::new(),
+            elsewhere_growing: Vec::new(),
+            sampled,
+            sampling_off,
+            nameable: true,
+        };
+        let off = Leak(report(false, true)).to_string();
+        assert!(off.contains("Sampling::Off"), "{off}");
+        let exact = Leak(report(false, false)).to_string();
+        assert!(exact.contains("capture depth"), "{exact}");
+        let sampled = Leak(report(true, false)).to_string();
+        assert!(sampled.contains("was sampled"), "{sampled}");
+    }
 
     #[test]
     fn closures_match_in_legacy_and_v0_symbol_names() {
