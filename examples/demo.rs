@@ -171,13 +171,13 @@ impl Service {
     /// allocations are fallible: `false` if the budget refused one.
     #[inline(never)]
     fn remember_session(&self, id: u64, bytes: usize) -> bool {
+        use std::fmt::Write as _;
         let mut record = String::new();
         if record.try_reserve_exact(bytes + 32).is_err() {
             return false;
         }
-        record.push_str("session-");
-        record.push_str(&id.to_string());
-        record.push(':');
+        // Within the capacity reserved: nothing more is allocated.
+        let _ = write!(record, "session-{id}:");
         record.extend(std::iter::repeat_n('x', bytes));
         let mut sessions = self.sessions.lock().unwrap();
         if sessions.try_reserve(1).is_err() {
@@ -246,7 +246,7 @@ fn main() {
     };
     let source = if status.env_var_invalid {
         " (HEAPWATCH_MAX_MEMORY_MB is not a size: ignored)"
-    } else if std::env::var_os("HEAPWATCH_MAX_MEMORY_MB").is_some() {
+    } else if std::env::var_os("HEAPWATCH_MAX_MEMORY_MB").is_some_and(|v| !v.is_empty()) {
         " (from HEAPWATCH_MAX_MEMORY_MB)"
     } else {
         ""
@@ -363,9 +363,11 @@ fn main() {
             }
         }
         std::thread::sleep(Duration::from_millis(10));
-        if o.leak_mb_per_min > 0.0 {
-            let dt = tick.elapsed().as_secs_f64();
-            tick = Instant::now();
+        // The leak pauses at the critical level, until the watcher has
+        // dropped what it holds (at most one poll, 100 ms, later).
+        let dt = tick.elapsed().as_secs_f64();
+        tick = Instant::now();
+        if o.leak_mb_per_min > 0.0 && heapwatch::budget_status().level < BudgetLevel::Critical {
             leaked_bytes += o.leak_mb_per_min * 1_048_576.0 / 60.0 * dt;
             while leaked_bytes >= 4096.0 {
                 session += 1;

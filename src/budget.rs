@@ -286,26 +286,33 @@ impl Default for Thresholds {
 ///
 /// A level is entered as soon as the reservation reaches its threshold, and
 /// left only once the reservation falls 2% of the budget below that
-/// threshold (with a 100 MiB budget and the default thresholds: `Warning`
-/// from 80 MiB up, `Normal` again below 78 MiB). A reservation hovering at a
-/// threshold therefore counts one crossing and makes one [`watch_budget`]
-/// event, not one per wobble.
+/// threshold (or half-way to zero, for a threshold under 4%): with a
+/// 100 MiB budget and the default thresholds, `Warning` from 80 MiB up, and
+/// `Normal` again below 78 MiB. A reservation hovering at a threshold
+/// therefore counts one crossing and makes one [`watch_budget`] event, not
+/// one per wobble; and a level can be reported while the reservation is a
+/// little under its threshold (with thresholds closer than 2% apart, even
+/// under the threshold of the level below).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum BudgetLevel {
-    /// Below the warning threshold, or no budget.
+    /// Below the warning threshold (and below its exit point, if the level
+    /// was higher), or no budget.
     #[default]
     Normal = 0,
-    /// At or above the warning threshold (80% by default).
+    /// Reached the warning threshold (80% by default), and not since
+    /// fallen 2% of the budget below it.
     Warning = 1,
-    /// At or above the critical threshold (95% by default).
+    /// Reached the critical threshold (95% by default), and not since
+    /// fallen 2% of the budget below it.
     Critical = 2,
-    /// The reservation (live bytes plus the credit threads hold) over the
-    /// budget: possible only with [`Policy::Warn`], or after the budget was
-    /// lowered below the reservation.
+    /// The reservation (live bytes plus the credit threads hold) went over
+    /// the budget, and has not since fallen 2% of the budget below it:
+    /// possible only with [`Policy::Warn`], or after the budget was lowered
+    /// below the reservation.
     Exceeded = 3,
 }
 
@@ -1009,45 +1016,69 @@ pub(crate) fn return_all_credit(shard: &Shard) {
     }
 }
 
-/// How far below a threshold the reservation must fall before its level is
-/// left: 2% of the budget (1/50). A reservation that hovers at a threshold
-/// (a thread drawing and handing back a chunk of credit, a cache that
-/// fills and evicts) then counts one crossing and makes one watcher event,
-/// not one for every wobble.
+/// How far below a level's entry point the reservation must fall before the
+/// level is left: 2% of the budget (1/50), and at most half the entry point
+/// (so that a level entered at 1% of the budget is still left, at 0.5%). A
+/// reservation that hovers at a threshold (a thread drawing and handing back
+/// a chunk of credit, a cache that fills and evicts) then counts one
+/// crossing and makes one watcher event, not one for every wobble.
 const HYSTERESIS_DIVISOR: u64 = 50;
 
-/// The level a reservation of `reserved` bytes is at or above, with
-/// `margin` bytes added to it.
-fn level_of(reserved: u64, margin: u64) -> BudgetLevel {
-    let limit = LIMIT.load(Relaxed);
-    if limit == UNLIMITED {
-        return BudgetLevel::Normal;
+/// Where the levels above `Normal` begin and end, in bytes reserved, for
+/// one reading of the budget and thresholds.
+struct LevelPoints {
+    /// Entry points of `Warning`, `Critical` and `Exceeded`: a reservation
+    /// at or above one is at least that level.
+    enter: [u64; 3],
+    /// Exit points: a level is kept while the reservation is at or above
+    /// its exit point.
+    exit: [u64; 3],
+}
+
+impl LevelPoints {
+    /// The points for the budget and thresholds in force; `None` with no
+    /// budget.
+    fn now() -> Option<LevelPoints> {
+        LevelPoints::of(
+            LIMIT.load(Relaxed),
+            WARN_PCT.load(Relaxed),
+            CRIT_PCT.load(Relaxed),
+        )
     }
-    let reserved = reserved.saturating_add(margin);
-    let pct = |p: u8| (limit as u128 * u128::from(p) / 100) as u64;
-    if reserved > limit {
-        BudgetLevel::Exceeded
-    } else if reserved >= pct(CRIT_PCT.load(Relaxed)) {
-        BudgetLevel::Critical
-    } else if reserved >= pct(WARN_PCT.load(Relaxed)) {
-        BudgetLevel::Warning
-    } else {
-        BudgetLevel::Normal
+
+    /// The points for a budget of `limit` bytes with these thresholds.
+    fn of(limit: u64, warn_pct: u8, crit_pct: u8) -> Option<LevelPoints> {
+        if limit == UNLIMITED {
+            return None;
+        }
+        let pct = |p: u8| (limit as u128 * u128::from(p) / 100) as u64;
+        let enter = [pct(warn_pct), pct(crit_pct), limit.saturating_add(1)];
+        let margin = limit / HYSTERESIS_DIVISOR;
+        Some(LevelPoints {
+            enter,
+            exit: enter.map(|e| e - margin.min(e / 2)),
+        })
+    }
+
+    /// The highest level whose point in `points` the reservation reaches.
+    fn level(points: &[u64; 3], reserved: u64) -> u8 {
+        points.iter().filter(|&&p| reserved >= p).count() as u8
     }
 }
 
 /// The level after `old` for a reservation of `reserved`: a higher level is
-/// entered as soon as it is reached; a level is left only once the
-/// reservation is [`HYSTERESIS_DIVISOR`]'s margin below its threshold.
-fn next_level(old: BudgetLevel, reserved: u64) -> BudgetLevel {
-    let limit = LIMIT.load(Relaxed);
-    let margin = if limit == UNLIMITED {
-        0
-    } else {
-        limit / HYSTERESIS_DIVISOR
-    };
-    let reached = level_of(reserved, 0);
-    reached.max(old.min(level_of(reserved, margin)))
+/// entered as soon as its threshold is reached; a level is left only once
+/// the reservation falls below its exit point ([`HYSTERESIS_DIVISOR`]).
+fn next_level(old: u8, reserved: u64) -> u8 {
+    LevelPoints::now().map_or(BudgetLevel::Normal as u8, |p| p.next(old, reserved))
+}
+
+impl LevelPoints {
+    fn next(&self, old: u8, reserved: u64) -> u8 {
+        let reached = LevelPoints::level(&self.enter, reserved);
+        let kept = LevelPoints::level(&self.exit, reserved).min(old);
+        reached.max(kept)
+    }
 }
 
 /// Records the level for a new reservation, counting upward crossings.
@@ -1056,8 +1087,8 @@ fn update_level(reserved: u64) {
     let mut new = 0;
     let old = LEVEL
         .fetch_update(Relaxed, Relaxed, |old| {
-            new = next_level(BudgetLevel::from_u8(old), reserved) as u8;
-            Some(new)
+            new = next_level(old, reserved);
+            (new != old).then_some(new)
         })
         .unwrap_or_else(|old| old);
     if new > old {
@@ -1076,6 +1107,46 @@ fn update_level(reserved: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_are_left_below_their_exit_points() {
+        // 100,000 bytes, thresholds 80% and 95%: margins of 2,000 bytes.
+        let p = LevelPoints::of(100_000, 80, 95).unwrap();
+        let walk = |steps: &[u64]| {
+            let mut level = 0;
+            steps
+                .iter()
+                .map(|&r| {
+                    level = p.next(level, r);
+                    level
+                })
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(
+            walk(&[79_999, 80_000, 79_000, 78_000, 77_999, 80_000]),
+            [0, 1, 1, 1, 0, 1]
+        );
+        assert_eq!(
+            walk(&[95_000, 93_000, 92_999, 78_000, 100_001, 98_001, 98_000, 0]),
+            [2, 2, 1, 1, 3, 3, 2, 0]
+        );
+        // Entered at 1% (1,000 bytes), a level is left at half that, not
+        // never (a 2% margin would put its exit point below zero).
+        let low = LevelPoints::of(100_000, 1, 2).unwrap();
+        assert_eq!(low.exit[..2], [500, 1_000]);
+        assert_eq!(low.next(2, 499), 0);
+        assert_eq!(low.next(2, 999), 1);
+        // Thresholds close together: leaving `Critical` goes as far down as
+        // the reservation says.
+        let close = LevelPoints::of(100_000, 80, 81).unwrap();
+        assert_eq!(close.next(2, 79_500), 2);
+        assert_eq!(close.next(2, 78_999), 1);
+        assert_eq!(close.next(2, 77_999), 0);
+        // A zero budget is at its critical level from the first byte.
+        let zero = LevelPoints::of(0, 80, 95).unwrap();
+        assert_eq!(zero.next(0, 0), 2);
+        assert!(LevelPoints::of(UNLIMITED, 80, 95).is_none());
+    }
 
     /// A fast-path allocation of `size` on `shard`, as the hook makes it.
     fn fast_alloc(shard: &Shard, size: usize) -> bool {

@@ -141,9 +141,13 @@ pub struct Callsite {
     pub frees: u64,
     /// Bytes freed of blocks allocated here (cumulative).
     pub freed_bytes: u64,
-    /// Blocks allocated here and live now.
+    /// Blocks allocated here and live now. Blocks that found the live-block
+    /// table full are left out (their frees cannot be seen; they are
+    /// counted in `Unattributed::untracked_*`), so with the table full this
+    /// reads low rather than keeping freed blocks live.
     pub live_blocks: u64,
-    /// Bytes allocated here and live now.
+    /// Bytes allocated here and live now (with the same exception as
+    /// `live_blocks`).
     pub live_bytes: u64,
     /// Whether these figures are sampling estimates: true once any
     /// allocation here was recorded as a sample while sampling by bytes

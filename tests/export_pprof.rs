@@ -344,8 +344,9 @@ fn pprof_unattributed_row_is_a_synthetic_sample() {
         u["allocated_bytes"] = 640.into();
         u["frees"] = 4.into();
         u["freed_bytes"] = 256.into();
-        u["live_bytes"] = 384.into();
-        u["live_blocks"] = 6.into();
+        u["live_bytes"] = 320.into();
+        // One of the 6 unfreed blocks is untracked: not live here.
+        u["live_blocks"] = 5.into();
     });
     let p = decode(&edited.to_pprof(PprofKind::Heap));
     check_structure(&p);
@@ -353,8 +354,21 @@ fn pprof_unattributed_row_is_a_synthetic_sample() {
     let smp = &p.sample[0];
     assert_eq!(smp.location_id, [1]);
     assert_eq!(leaf_name(&p, smp), "[unattributed]");
-    assert_eq!(smp.value, [10, 640, 6, 384]);
+    assert_eq!(smp.value, [10, 640, 5, 320]);
     assert_eq!(smp.label[0].num, 64);
+
+    // A file saved before `live_blocks` existed: allocations - frees.
+    let old = profile_with(&snap, |v| {
+        v["callsites"] = serde_json::json!([]);
+        let u = v["unattributed"].as_object_mut().unwrap();
+        u.insert("allocations".into(), 10.into());
+        u.insert("allocated_bytes".into(), 640.into());
+        u.insert("frees".into(), 4.into());
+        u.insert("live_bytes".into(), 384.into());
+        u.remove("live_blocks");
+    });
+    let p = decode(&old.to_pprof(PprofKind::Heap));
+    assert_eq!(p.sample[0].value, [10, 640, 6, 384]);
 
     let none = profile_with(&snap, |v| {
         v["callsites"] = serde_json::json!([]);

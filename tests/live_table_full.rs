@@ -76,9 +76,4 @@ fn blocks_the_table_cannot_hold_do_not_stay_live_at_their_callsite() {
             .collect();
         assert!(grown.is_empty(), "round {round}: {grown:#?}");
     }
-    let u = heapwatch::snapshot().unattributed;
-    assert!(
-        u.untracked_allocations >= u.dropped_live_table_full,
-        "{u:?}"
-    );
 }

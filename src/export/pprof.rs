@@ -411,12 +411,14 @@ impl Snapshot {
         }
         let u = &self.unattributed;
         if u.allocations > 0 {
-            let values = [
-                u.allocations,
-                u.allocated_bytes,
-                u.live_blocks,
-                u.live_bytes,
-            ];
+            // Files saved before `live_blocks` existed read 0 there: the
+            // estimate those versions made.
+            let live_blocks = if u.live_blocks == 0 && u.live_bytes > 0 {
+                u.allocations.saturating_sub(u.frees)
+            } else {
+                u.live_blocks
+            };
+            let values = [u.allocations, u.allocated_bytes, live_blocks, u.live_bytes];
             b.sample(&[synthetic(UNATTRIBUTED_FRAME)], values);
         }
 
