@@ -1064,21 +1064,22 @@ impl LevelPoints {
     fn level(points: &[u64; 3], reserved: u64) -> u8 {
         points.iter().filter(|&&p| reserved >= p).count() as u8
     }
-}
 
-/// The level after `old` for a reservation of `reserved`: a higher level is
-/// entered as soon as its threshold is reached; a level is left only once
-/// the reservation falls below its exit point ([`HYSTERESIS_DIVISOR`]).
-fn next_level(old: u8, reserved: u64) -> u8 {
-    LevelPoints::now().map_or(BudgetLevel::Normal as u8, |p| p.next(old, reserved))
-}
-
-impl LevelPoints {
+    /// The level after `old` for a reservation of `reserved`: a higher
+    /// level is entered as soon as its threshold is reached; a level is
+    /// left only once the reservation falls below its exit point
+    /// ([`HYSTERESIS_DIVISOR`]).
     fn next(&self, old: u8, reserved: u64) -> u8 {
         let reached = LevelPoints::level(&self.enter, reserved);
         let kept = LevelPoints::level(&self.exit, reserved).min(old);
         reached.max(kept)
     }
+}
+
+/// The level after `old` for a reservation of `reserved`, with the budget
+/// and thresholds in force (see [`LevelPoints::next`]).
+fn next_level(old: u8, reserved: u64) -> u8 {
+    LevelPoints::now().map_or(BudgetLevel::Normal as u8, |p| p.next(old, reserved))
 }
 
 /// Records the level for a new reservation, counting upward crossings.
