@@ -50,4 +50,10 @@ impl Error {
             source,
         }
     }
+
+    /// [`Error::InvalidSnapshot`] saying `why` in heapwatch's own words
+    /// (not one of serde's).
+    pub(crate) fn invalid_snapshot(why: impl std::fmt::Display) -> Error {
+        Error::InvalidSnapshot(serde::de::Error::custom(why))
+    }
 }

@@ -399,7 +399,6 @@ impl Snapshot {
     /// [`Error::InvalidSnapshot`] (with serde's line, column and reason) for
     /// anything that is not a snapshot.
     pub fn from_json(json: &str) -> Result<Snapshot, Error> {
-        let invalid = |why: String| Error::InvalidSnapshot(serde::de::Error::custom(why));
         // A byte order mark, which RFC 8259 lets a parser ignore (editors
         // on Windows write one).
         let json = json.strip_prefix('\u{feff}').unwrap_or(json);
@@ -408,12 +407,12 @@ impl Snapshot {
         match json.trim_start().chars().next() {
             Some('{') => {}
             None => {
-                return Err(invalid(
-                    "the input is empty (expected a JSON object with a \"version\" field)".into(),
+                return Err(Error::invalid_snapshot(
+                    "the input is empty (expected a JSON object with a \"version\" field)",
                 ))
             }
             Some(c) => {
-                return Err(invalid(format!(
+                return Err(Error::invalid_snapshot(format!(
                     "expected a JSON object with a \"version\" field, found {c:?} first"
                 )))
             }
@@ -449,7 +448,7 @@ impl Snapshot {
             } else {
                 "the file is not UTF-8 text, so not JSON"
             };
-            Error::InvalidSnapshot(serde::de::Error::custom(why))
+            Error::invalid_snapshot(why)
         })?;
         Snapshot::from_json(&text)
     }
