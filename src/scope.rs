@@ -36,7 +36,10 @@ pub struct ScopeStats {
     pub net_live_blocks: i64,
     /// False if this thread shares the fallback shard with others (more
     /// than [`SHARDS`](crate::SHARDS) threads alive), so other threads'
-    /// allocations may be mixed in.
+    /// allocations may be mixed in; and false, with every figure 0, if no
+    /// [`Tracker`](crate::Tracker) is the program's global allocator
+    /// ([`installed`](crate::installed) is false when `f` returns): a test
+    /// crate without the `#[global_allocator]` item measures nothing.
     pub exact: bool,
 }
 
@@ -87,7 +90,9 @@ pub fn scope<R>(f: impl FnOnce() -> R) -> (R, ScopeStats) {
         freed_bytes: d.freed_bytes,
         net_live_bytes: d.alloc_bytes.wrapping_sub(d.freed_bytes) as i64,
         net_live_blocks: d.allocs.wrapping_sub(d.frees) as i64,
-        exact: shard.is_exclusive(),
+        // Read after `f`: a program whose first allocation is in `f` has
+        // its tracker set up by then.
+        exact: shard.is_exclusive() && crate::installed(),
     };
     (r, stats)
 }
@@ -117,7 +122,8 @@ pub fn scope<R>(f: impl FnOnce() -> R) -> (R, ScopeStats) {
 /// at once lands in both threads' first lists; a callsite whose captured
 /// stack stops short of the check's frames lands in the second; and a
 /// function pointer or a `dyn FnMut` (whose type names no function) names
-/// nothing in the first list: pass the closure or function itself.
+/// nothing in the first list: pass the closure or function itself (or a
+/// `Box` of it).
 ///
 /// # Example
 ///
@@ -262,12 +268,18 @@ fn under_check(frames: &[crate::Frame], closure: &str) -> bool {
         })
 }
 
-/// The callable a `std::any::type_name` names, references taken off:
-/// `run(&mut f)` checks `f`.
+/// The callable a `std::any::type_name` names, references and boxes taken
+/// off: `run(&mut f)` and `run(Box::new(f))` check `f`.
 fn referent(mut type_name: &str) -> &str {
     while let Some(rest) = type_name
         .strip_prefix("&mut ")
         .or_else(|| type_name.strip_prefix('&'))
+        .or_else(|| {
+            type_name
+                .strip_prefix("alloc::boxed::Box<")
+                .and_then(|r| r.strip_suffix('>'))
+                .map(|r| r.strip_suffix(", alloc::alloc::Global").unwrap_or(r))
+        })
     {
         type_name = rest;
     }
@@ -364,25 +376,44 @@ impl GrowthCheck {
     ///
     /// [`Leak`] with the report when live memory keeps growing. A panic in
     /// `f` propagates (heapwatch stays usable).
+    ///
+    /// # Panics
+    ///
+    /// If no [`Tracker`](crate::Tracker) is the program's global allocator
+    /// ([`installed`](crate::installed) is false after the warm-up): each
+    /// integration test file is a crate of its own and needs its own
+    /// `#[global_allocator]` item, and without one nothing is measured, so
+    /// any closure would pass.
     pub fn run<F: FnMut()>(&self, mut f: F) -> Result<GrowthReport, Leak> {
-        for _ in 0..self.warmup {
-            f();
-        }
+        // Warm-up and measured runs make one call from one place, so that
+        // they allocate under the same frames: a block a warm-up run
+        // allocates and a measured one frees is one callsite in the diff.
         // The two snapshots are heapwatch's own (built and dropped under
         // the guard, also when a panic in `f` unwinds past them): held by
         // the program, `base` was itself growth at the caller's callsite
-        // when `now` was taken.
-        // Allocated before `base`, so that it is not growth either.
+        // when `now` was taken. `per` is allocated before `base`, so that
+        // it is not growth either.
         let mut per = Vec::with_capacity(self.iterations);
-        let base = Own::build(crate::snapshot::snapshot);
-        for _ in 0..self.iterations {
-            let ((), s) = scope(|| {
-                if let Err(p) = catch_unwind(AssertUnwindSafe(&mut f)) {
-                    resume_unwind(p);
-                }
-            });
-            per.push(s.net_live_bytes);
+        let mut base = None;
+        for i in 0..self.warmup.saturating_add(self.iterations) {
+            if i == self.warmup {
+                assert!(
+                    crate::installed(),
+                    "heapwatch::GrowthCheck: no heapwatch::Tracker is this program's global \
+                     allocator, so nothing can be measured; add `#[global_allocator] static \
+                     GLOBAL: heapwatch::Tracker<std::alloc::System> = \
+                     heapwatch::Tracker::new(std::alloc::System);` to this crate (each file \
+                     in tests/ is a crate of its own)"
+                );
+                base = Some(Own::build(crate::snapshot::snapshot));
+            }
+            let s = once(&mut f);
+            if i >= self.warmup {
+                per.push(s.net_live_bytes);
+            }
         }
+        // Always set: at least 2 iterations are measured.
+        let base = base.unwrap_or_else(|| Own::build(crate::snapshot::snapshot));
         let now = Own::build(crate::snapshot::snapshot);
         let total: i64 = per.iter().sum();
         let growing = per.iter().filter(|&&b| b > 0).count();
@@ -421,12 +452,26 @@ impl GrowthCheck {
     }
 }
 
+/// One run of a checked closure, inside [`scope`]. Out of line, so that
+/// every run of one check, warm-up or measured, allocates under the same
+/// frames.
+#[inline(never)]
+fn once<F: FnMut()>(f: &mut F) -> ScopeStats {
+    let ((), s) = scope(|| {
+        if let Err(p) = catch_unwind(AssertUnwindSafe(&mut *f)) {
+            resume_unwind(p);
+        }
+    });
+    s
+}
+
 /// Panics, naming the top growing callsites, if `f` keeps growing live
 /// memory over 20 iterations after 3 warm-up runs (see [`GrowthCheck`]).
 ///
 /// # Panics
 ///
-/// When [`GrowthCheck::run`] reports a [`Leak`].
+/// When [`GrowthCheck::run`] reports a [`Leak`], or panics itself (no
+/// [`Tracker`](crate::Tracker) is the global allocator).
 ///
 /// # Example
 ///
@@ -451,7 +496,24 @@ pub fn assert_no_growth(f: impl FnMut()) {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_function, GrowthReport, Leak};
+    use super::{is_function, nameable, referent, GrowthReport, Leak};
+
+    #[test]
+    fn a_boxed_or_borrowed_closure_is_checked_as_the_closure() {
+        let c = "app::test::{{closure}}";
+        for ty in [
+            "app::test::{{closure}}",
+            "&mut app::test::{{closure}}",
+            "alloc::boxed::Box<app::test::{{closure}}>",
+            "&mut alloc::boxed::Box<app::test::{{closure}}>",
+            "alloc::boxed::Box<app::test::{{closure}}, alloc::alloc::Global>",
+        ] {
+            assert_eq!(referent(ty), c, "{ty}");
+            assert!(nameable(referent(ty)), "{ty}");
+        }
+        let boxed_dyn = referent("alloc::boxed::Box<dyn core::ops::function::FnMut()>");
+        assert!(!nameable(boxed_dyn), "{boxed_dyn}");
+    }
 
     #[test]
     fn a_leak_found_with_sampling_off_says_why_no_callsite_is_named() {

@@ -230,3 +230,28 @@ fn scope_is_per_thread_and_growth_check_finds_leaks() {
     }
     drop(neighbour.join().unwrap());
 }
+
+#[inline(never)]
+fn keep_one_more(kept: &mut Vec<Vec<u8>>) {
+    kept.push(black_box(vec![5u8; 64]));
+}
+
+#[test]
+fn a_boxed_closure_is_named_and_its_callsites_add_up_to_its_growth() {
+    // The outer `Vec` grows by reallocation, so blocks the warm-up runs
+    // allocated are freed by measured runs: warm-up and measured runs
+    // must allocate under the same frames for the callsites' growth to
+    // add up to the thread's. And a `Box` of a closure is checked as the
+    // closure.
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    let err = GrowthCheck::new()
+        .top(50)
+        .run(Box::new(|| keep_one_more(&mut kept)))
+        .unwrap_err();
+    let report = &err.0;
+    assert!(report.nameable, "{err}");
+    assert!(!report.top_growing.is_empty(), "{err}");
+    let named: i64 = report.top_growing.iter().map(|c| c.live_bytes_delta).sum();
+    assert_eq!(named, report.total_growth_bytes, "{err}");
+    drop(kept);
+}
