@@ -130,8 +130,12 @@ pub struct Callsite {
     /// the tracker's depth of return addresses (inlined calls are frames of
     /// their own), ending above the standard library's thread entry
     /// (`__rust_begin_short_backtrace`, as Rust's short backtraces do): the
-    /// last frame is the thread's closure, or `main`. Shared (cheap to
-    /// clone) between the snapshots that show this callsite.
+    /// last frame is the thread's closure, or `main`. A stack with no frame
+    /// of the program's (the standard library allocating on its own, as a
+    /// test harness does, or the runtime before `main`) shows the standard
+    /// library's frames instead, ending the same way (above the C `main`
+    /// before `main`). Shared (cheap to clone) between the snapshots that
+    /// show this callsite.
     pub frames: Arc<[Frame]>,
     /// Allocations made here (cumulative).
     pub allocations: u64,

@@ -31,7 +31,8 @@ pub struct Frame {
     /// `tokio-1.54.1/src/runtime/mod.rs` for a dependency,
     /// `library/alloc/src/vec/mod.rs` for the standard library, and
     /// relative to its crate's directory (`src/main.rs`,
-    /// `examples/demo.rs`) for the program's own code.
+    /// `examples/demo.rs`) for the program's own code, wherever its source
+    /// tree was when it was built.
     /// `null` when the address has no debug information (a missing key, as
     /// in files saved by earlier builds, reads as `null`).
     #[serde(default)]
@@ -291,7 +292,9 @@ fn frames_at(addr: usize) -> Vec<Frame> {
         let function = sym.name().map(|n| format!("{n:#}")).unwrap_or_default();
         out.push(Frame {
             function,
-            file: sym.filename().map(|p| shorten_path(&p.to_string_lossy())),
+            file: sym
+                .filename()
+                .map(|p| shorten_path(&p.to_string_lossy(), None)),
             line: sym.lineno(),
         });
     });
@@ -332,7 +335,16 @@ fn module_offset(addr: usize) -> String {
 ///   `examples`, `tests` or `benches` component and what follows
 ///   (`examples/demo.rs`, `tests/common/mod.rs`);
 /// - anything else is left as it is.
-pub(crate) fn shorten_path(path: &str) -> String {
+///
+/// `comp_dir` is the directory the compiler ran in, when known (DWARF's
+/// `DW_AT_comp_dir`: the workspace's directory, where cargo runs rustc).
+/// A path under it is made relative to it before the crate's directory is
+/// looked for, so that the directories above the workspace never count,
+/// whatever they are called. Without it, a test file of a crate checked
+/// out in `~/src/app` keeps `src/app/tests/…` (the last `src` is the home
+/// directory's) where one checked out in `/builds/app` keeps `tests/…`:
+/// two ids for one callsite.
+pub(crate) fn shorten_path(path: &str, comp_dir: Option<&str>) -> String {
     for marker in ["/registry/src/", "/git/checkouts/"] {
         if let Some(i) = path.find(marker) {
             let rest = &path[i + marker.len()..];
@@ -349,20 +361,45 @@ pub(crate) fn shorten_path(path: &str) -> String {
     if let Some(i) = path.find("/lib/rustlib/src/rust/library/") {
         return path[i + "/lib/rustlib/src/rust/".len()..].to_string();
     }
+    let within = comp_dir
+        .map(|d| d.trim_end_matches('/'))
+        .filter(|d| !d.is_empty())
+        .and_then(|d| path.strip_prefix(d))
+        .and_then(|rest| rest.strip_prefix('/'));
+    if let Some(rel) = within {
+        return in_crate(rel).unwrap_or(rel).to_string();
+    }
     if path.starts_with('/') {
-        let from_last = |dirs: &[&str]| {
-            dirs.iter()
-                .filter_map(|d| path.rfind(&format!("/{d}/")))
-                .max()
-        };
-        if let Some(i) =
-            from_last(&["src"]).or_else(|| from_last(&["examples", "tests", "benches"]))
-        {
-            return path[i + 1..].to_string();
+        if let Some(short) = in_crate(path) {
+            return short.to_string();
         }
     }
     path.to_string()
 }
+
+/// The part of `path` from its crate's directory on: from its last `src`
+/// component, or with none, its last `examples`, `tests` or `benches`
+/// component (see [`shorten_path`]).
+fn in_crate(path: &str) -> Option<&str> {
+    let from_last = |dirs: &[&str]| {
+        dirs.iter()
+            .filter_map(|d| {
+                if path.starts_with(&format!("{d}/")) {
+                    // A relative path starting in the directory.
+                    Some(0)
+                } else {
+                    path.rfind(&format!("/{d}/")).map(|i| i + 1)
+                }
+            })
+            .max()
+    };
+    from_last(&["src"])
+        .or_else(|| from_last(&["examples", "tests", "benches"]))
+        .map(|i| &path[i..])
+}
+
+/// heapwatch's own frames and those of the stack walker it calls.
+const OWN: &[&str] = &["heapwatch::", "backtrace::"];
 
 const PLUMBING: &[&str] = &[
     "heapwatch::",
@@ -381,14 +418,24 @@ const PLUMBING: &[&str] = &[
 /// allocation plumbing (what stands between the user's code and the hook).
 fn is_plumbing(function: &str) -> bool {
     let f = function.trim_start_matches('<');
-    if PLUMBING.iter().any(|p| f.starts_with(p)) {
-        return true;
-    }
-    // `<T as Trait>::method`: plumbing if the self type is the standard
-    // library's or a primitive (`<str as ToString>`, `<[T] as ToOwned>`).
-    if let Some((self_ty, _)) = f.split_once(" as ") {
+    // `<T as Trait>::method`: plumbing if the trait is the standard
+    // library's and the self type is too, or a primitive (`<str as
+    // ToString>`, `<[T] as ToOwned>`); a trait of the program's own is the
+    // program's code whatever it is implemented for (an extension trait on
+    // `Vec<u8>`, `u32` or every `T`).
+    if let Some((self_ty, trait_and_method)) = function
+        .starts_with('<')
+        .then(|| f.split_once(" as "))
+        .flatten()
+    {
         let self_ty = self_ty.trim_start_matches(['&', '[', '(', '*']);
         let self_ty = self_ty.strip_prefix("mut ").unwrap_or(self_ty);
+        if OWN.iter().any(|p| self_ty.starts_with(p)) {
+            return true;
+        }
+        if !PLUMBING.iter().any(|p| trait_and_method.starts_with(p)) {
+            return false;
+        }
         if PLUMBING.iter().any(|p| self_ty.starts_with(p)) {
             return true;
         }
@@ -400,7 +447,7 @@ fn is_plumbing(function: &str) -> bool {
         let parameter = !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase());
         return bare && (primitive || parameter);
     }
-    false
+    PLUMBING.iter().any(|p| f.starts_with(p))
 }
 
 /// Whether a symbolized frame is plumbing: by name, or by being the
@@ -420,8 +467,16 @@ const STACK_BASE: &str = "__rust_begin_short_backtrace";
 /// The same for heapwatch's own threads, which are not `std` threads.
 const OWN_STACK_BASE: &str = "heapwatch::threads::thread_base";
 
+/// The C `main` that rustc generates for a program (a symbol with no
+/// source): it calls the runtime (`lang_start`), which calls the program's
+/// own `main` through [`STACK_BASE`]. Allocations made before that (the
+/// runtime setting up) have only it and libc below them.
+const C_MAIN: &str = "main";
+
 fn is_stack_base(f: &Frame) -> bool {
-    f.function.contains(STACK_BASE) || f.function.ends_with(OWN_STACK_BASE)
+    f.function.contains(STACK_BASE)
+        || f.function.ends_with(OWN_STACK_BASE)
+        || (f.function == C_MAIN && f.file.is_none())
 }
 
 /// Flattens a stack's symbolized return addresses (`groups`, one per
@@ -431,9 +486,8 @@ fn is_stack_base(f: &Frame) -> bool {
 /// thread entry ([`STACK_BASE`]) down. Without the cut at `depth`, a
 /// callsite captured once through a path with one more heapwatch frame
 /// would lose one frame at the bottom of its stack and show as a second
-/// callsite. If no frame above the thread entry is the user's (an
-/// allocation made by the standard library on its own), keeps the frames
-/// as they were minus heapwatch's own.
+/// callsite. If no frame above the thread entry is the user's, see
+/// [`library_only`].
 fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
     // The stack down to the thread entry: the addresses above it, then the
     // frames of the entry's own address inlined above it (the thread's
@@ -454,25 +508,7 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
         .iter()
         .position(|g| g.iter().any(|f| !is_plumbing_frame(f)))
     else {
-        return groups
-            .iter()
-            .flat_map(|g| g.iter())
-            .skip_while(|f| {
-                // heapwatch's frames and the allocator shims, whose file
-                // and line are the program's `#[global_allocator]` item.
-                let name = f.function.trim_start_matches('<');
-                [
-                    "heapwatch::",
-                    "backtrace::",
-                    "__rustc::",
-                    "__rust_",
-                    "__rg_",
-                ]
-                .iter()
-                .any(|p| name.starts_with(p))
-            })
-            .cloned()
-            .collect();
+        return library_only(groups, &above, depth);
     };
     let mut out = Vec::new();
     for (k, group) in above.iter().skip(first).take(depth).enumerate() {
@@ -493,6 +529,55 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
     out
 }
 
+/// The frames of a stack in which no frame above the thread entry is the
+/// user's (`above`, the stack down to the entry): the standard library
+/// allocating on its own (a test harness's threads), or the runtime before
+/// `main`. The standard library's frames are kept then, since they are all
+/// there is to show, from the first below heapwatch's and the allocator
+/// shims (whose file and line are the program's `#[global_allocator]`
+/// item), at most `depth` addresses, and as for any stack nothing from the
+/// thread entry down. If heapwatch's frames are all there is above the
+/// entry, the whole stack less heapwatch's frames.
+fn library_only(groups: &[Arc<[Frame]>], above: &[&[Frame]], depth: usize) -> Vec<Frame> {
+    fn own(f: &Frame) -> bool {
+        let name = f.function.trim_start_matches('<');
+        [
+            "heapwatch::",
+            "backtrace::",
+            "__rustc::",
+            "__rust_",
+            "__rg_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+    }
+    let mut out = Vec::new();
+    let mut kept = 0;
+    for group in above {
+        if kept == depth {
+            break;
+        }
+        if kept == 0 {
+            out.extend(group.iter().skip_while(|f| own(f)).cloned());
+            if out.is_empty() {
+                continue;
+            }
+        } else {
+            out.extend(group.iter().cloned());
+        }
+        kept += 1;
+    }
+    if out.is_empty() {
+        out = groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .skip_while(|f| own(f))
+            .cloned()
+            .collect();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +592,11 @@ mod tests {
             "__rust_alloc",
             "heapwatch::tracker::record_sampled",
             "<heapwatch::Tracker<A> as core::alloc::global::GlobalAlloc>::alloc",
+            "<heapwatch::snapshot::Snapshot as serde_core::ser::Serialize>::serialize",
+            "<alloc::vec::Vec<T> as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+            "<T as alloc::string::ToString>::to_string",
+            "<&mut W as core::fmt::Write>::write_str",
+            "core::ptr::drop_in_place<<myapp::X as myapp::Y>::Z>",
         ] {
             assert!(is_plumbing(p), "{p}");
         }
@@ -515,6 +605,13 @@ mod tests {
             "<myapp::Foo as core::fmt::Display>::fmt",
             "main",
             "tokio_app::handler",
+            // Extension traits of the program's, on std types, primitives
+            // and every `T`.
+            "<alloc::vec::Vec<alloc::vec::Vec<u8>> as myapp::Remember>::remember",
+            "<u32 as myapp::MakeBuf>::make_buf",
+            "<[u8] as myapp::ext::Hex>::to_hex",
+            "<T as myapp::Describe>::describe",
+            "<&mut alloc::string::String as myapp::Pad>::pad",
         ] {
             assert!(!is_plumbing(u), "{u}");
         }
@@ -658,11 +755,18 @@ mod tests {
         // The depth still counts addresses from the first user frame.
         assert_eq!(names(trim(&thread, 2)), ["app::put", "app::worker"]);
         // No user frame above the entry (the standard library allocating
-        // for a thread it starts): the stack is kept, as before.
+        // on its own, as a test harness's threads do): the standard
+        // library's frames are kept, but still only above the entry and
+        // to the depth.
         let std_only = vec![
             one("heapwatch::capture::capture", None),
             one("__rustc::__rust_alloc", Some("tests/app.rs")),
             one("alloc::alloc::alloc", Some("library/alloc/src/alloc.rs")),
+            one(
+                "alloc::raw_vec::RawVec::grow_one",
+                Some("library/alloc/src/raw_vec.rs"),
+            ),
+            one("test::run_test", Some("library/test/src/lib.rs")),
             one(entry, Some("library/std/src/sys/backtrace.rs")),
             one("start_thread", None),
         ];
@@ -672,6 +776,41 @@ mod tests {
             names(trim(&std_only, 16)),
             [
                 "alloc::alloc::alloc",
+                "alloc::raw_vec::RawVec::grow_one",
+                "test::run_test"
+            ]
+        );
+        assert_eq!(
+            names(trim(&std_only, 2)),
+            ["alloc::alloc::alloc", "alloc::raw_vec::RawVec::grow_one"]
+        );
+        // Before the program's `main`, the runtime setting up: its frames
+        // above the C `main`, to the depth.
+        let runtime = vec![
+            one("__rustc::__rust_alloc", None),
+            one("std::rt::init", Some("library/std/src/rt.rs")),
+            one(
+                "std::rt::lang_start_internal",
+                Some("library/std/src/rt.rs"),
+            ),
+            one("main", None),
+            one("__libc_start_main", None),
+            one("_start", None),
+        ];
+        assert_eq!(
+            names(trim(&runtime, 16)),
+            ["std::rt::init", "std::rt::lang_start_internal"]
+        );
+        assert_eq!(names(trim(&runtime, 1)), ["std::rt::init"]);
+        // Only heapwatch's frames above the entry: the stack less those.
+        let own_only = vec![
+            one("heapwatch::capture::capture", None),
+            one(entry, Some("library/std/src/sys/backtrace.rs")),
+            one("start_thread", None),
+        ];
+        assert_eq!(
+            names(trim(&own_only, 16)),
+            [
                 "std::sys::backtrace::__rust_begin_short_backtrace",
                 "start_thread"
             ]
@@ -682,21 +821,22 @@ mod tests {
     #[test]
     fn paths_are_shortened() {
         assert_eq!(
-            shorten_path("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/runtime/mod.rs"),
+            shorten_path("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/runtime/mod.rs", None),
             "tokio-1.54.1/src/runtime/mod.rs"
         );
         assert_eq!(
-            shorten_path("/rustc/59807616e/library/alloc/src/raw_vec.rs"),
+            shorten_path("/rustc/59807616e/library/alloc/src/raw_vec.rs", None),
             "library/alloc/src/raw_vec.rs"
         );
         assert_eq!(
             shorten_path(
-                "/root/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu/lib/rustlib/src/rust/library/alloc/src/vec/spec_from_elem.rs"
+                "/root/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu/lib/rustlib/src/rust/library/alloc/src/vec/spec_from_elem.rs",
+                None
             ),
             "library/alloc/src/vec/spec_from_elem.rs"
         );
-        assert_eq!(shorten_path("/elsewhere/x.rs"), "/elsewhere/x.rs");
-        assert_eq!(shorten_path("src/main.rs"), "src/main.rs");
+        assert_eq!(shorten_path("/elsewhere/x.rs", None), "/elsewhere/x.rs");
+        assert_eq!(shorten_path("src/main.rs", None), "src/main.rs");
         // A crate's own files, wherever the crate is and whatever the
         // current directory is.
         for (path, short) in [
@@ -712,8 +852,50 @@ mod tests {
                 "benches/compare/hw_off.rs",
             ),
         ] {
-            assert_eq!(shorten_path(path), short, "{path}");
+            assert_eq!(shorten_path(path, None), short, "{path}");
         }
+    }
+
+    #[test]
+    fn paths_are_made_relative_to_the_compilers_directory_first() {
+        // One crate checked out under a directory called `src` and
+        // elsewhere: the same paths, so the same callsite ids.
+        for comp_dir in ["/home/u/src/app", "/builds/app", "/home/u/src/app/"] {
+            for (path, short) in [
+                ("examples/snap.rs", "examples/snap.rs"),
+                ("tests/leaks.rs", "tests/leaks.rs"),
+                ("tests/common/mod.rs", "tests/common/mod.rs"),
+                ("benches/b.rs", "benches/b.rs"),
+                ("src/main.rs", "src/main.rs"),
+                ("src/tests/mod.rs", "src/tests/mod.rs"),
+                ("src/net/examples/x.rs", "src/net/examples/x.rs"),
+                // A workspace member: relative to its crate, as before.
+                ("crates/core/src/lib.rs", "src/lib.rs"),
+                ("crates/core/tests/t.rs", "tests/t.rs"),
+                ("build.rs", "build.rs"),
+            ] {
+                let full = format!("{}/{path}", comp_dir.trim_end_matches('/'));
+                assert_eq!(shorten_path(&full, Some(comp_dir)), short, "{full}");
+            }
+        }
+        // Paths outside it are shortened as without it.
+        for path in [
+            "/rustc/59807616e/library/alloc/src/raw_vec.rs",
+            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/lib.rs",
+            "/home/u/src/mylib/src/lib.rs",
+            "/elsewhere/x.rs",
+        ] {
+            assert_eq!(
+                shorten_path(path, Some("/builds/app")),
+                shorten_path(path, None),
+                "{path}"
+            );
+        }
+        // A directory that is only a prefix of a name is not a parent.
+        assert_eq!(
+            shorten_path("/builds/app2/examples/x.rs", Some("/builds/app")),
+            "examples/x.rs"
+        );
     }
 
     #[test]

@@ -373,3 +373,48 @@ fn a_truncated_snapshot_makes_no_callsite_new_or_gone() {
     assert_eq!(back.callsites_omitted, n - 1);
     drop(kept);
 }
+
+/// An extension trait of the program's, implemented for a primitive and
+/// for a standard library type: its methods are the program's code.
+trait MakeBuf {
+    fn make_buf(&self) -> Vec<u8>;
+}
+
+impl MakeBuf for u32 {
+    #[inline(never)]
+    fn make_buf(&self) -> Vec<u8> {
+        black_box(vec![3u8; *self as usize])
+    }
+}
+
+trait Remember {
+    fn remember(&mut self, n: usize);
+}
+
+impl Remember for Vec<Box<[u8]>> {
+    #[inline(never)]
+    fn remember(&mut self, n: usize) {
+        let block = black_box(vec![7u8; n].into_boxed_slice());
+        self.push(block);
+    }
+}
+
+#[test]
+fn methods_of_the_programs_traits_on_std_types_are_its_frames() {
+    let buf = black_box(23_456u32).make_buf();
+    let mut kept: Vec<Box<[u8]>> = Vec::with_capacity(4);
+    kept.remember(12_345);
+
+    let snap = heapwatch::snapshot();
+    let made: Vec<_> = site(&snap, "as exact_callsites::MakeBuf>::make_buf")
+        .into_iter()
+        .filter(|c| c.live_bytes == 23_456)
+        .collect();
+    assert_eq!(made.len(), 1, "{:#?}", snap.callsites);
+    let remembered: Vec<_> = site(&snap, "as exact_callsites::Remember>::remember")
+        .into_iter()
+        .filter(|c| c.live_bytes == 12_345)
+        .collect();
+    assert_eq!(remembered.len(), 1, "{:#?}", snap.callsites);
+    drop((buf, kept));
+}

@@ -358,6 +358,7 @@ impl Objects {
         // Each frame's source file as DWARF records it, for `crate_path`.
         let mut raw_files = Vec::new();
         if let Some(ctx) = &debug.context {
+            let comp_dir = comp_dir(ctx, probe);
             if let Ok(mut iter) = ctx.find_frames(probe).skip_all_loads() {
                 while let Ok(Some(frame)) = iter.next() {
                     raw_files.push(frame.location.as_ref().and_then(|l| l.file));
@@ -367,9 +368,10 @@ impl Objects {
                         .and_then(|f| f.raw_name().ok())
                         .map(|n| demangle(&n))
                         .unwrap_or_default();
-                    let (file, line) = frame
-                        .location
-                        .map_or((None, None), |l| (l.file.map(super::shorten_path), l.line));
+                    let (file, line) = frame.location.map_or((None, None), |l| {
+                        let file = l.file.map(|f| super::shorten_path(f, comp_dir.as_deref()));
+                        (file, l.line)
+                    });
                     out.push(Frame {
                         function,
                         file,
@@ -573,6 +575,15 @@ fn is_bare(function: &str) -> bool {
 /// the function holding the address (`holder`, given for the outermost
 /// frame only) if DWARF's is that function's name without its path, else
 /// [`crate_path`]'s.
+/// The directory the compiler ran in for the code at `probe` (its unit's
+/// `DW_AT_comp_dir`), for `shorten_path`.
+fn comp_dir(ctx: &addr2line::Context<Reader>, probe: u64) -> Option<String> {
+    ctx.find_dwarf_and_unit(probe)
+        .skip_all_loads()
+        .and_then(|unit| unit.comp_dir)
+        .map(|dir| dir.to_string_lossy().into_owned())
+}
+
 fn named(function: String, raw_file: Option<&str>, holder: Option<&str>, own: &[String]) -> String {
     match holder.and_then(|symbol| full_name(&function, symbol)) {
         Some(full) => full,
@@ -719,7 +730,7 @@ mod tests {
                     function: sym.name().map(|n| format!("{n:#}")).unwrap_or_default(),
                     file: sym
                         .filename()
-                        .map(|p| super::super::shorten_path(&p.to_string_lossy())),
+                        .map(|p| super::super::shorten_path(&p.to_string_lossy(), None)),
                     line: sym.lineno(),
                 });
             });
@@ -735,6 +746,15 @@ mod tests {
             })
         });
         assert!(named);
+        // Paths are made relative to the directory cargo ran rustc in,
+        // this crate's (its own workspace), before anything else.
+        let here = stack as fn() -> Vec<usize> as usize;
+        let (probe, debug) = objects.debug_at(here).expect("the program's DWARF");
+        let ctx = debug.context.as_ref().expect("the program's DWARF");
+        assert_eq!(
+            comp_dir(ctx, probe).as_deref(),
+            Some(env!("CARGO_MANIFEST_DIR"))
+        );
     }
 
     #[test]
