@@ -282,6 +282,10 @@ fn diff_ids_are_checked_retained_then_ordered() {
     assert_error(&r, 404, &[&format!("snapshot {gone} is not retained")]);
     let r = get(addr, &format!("/heap/diff?base={old}&to={gone}"), "");
     assert_error(&r, 404, &[&format!("snapshot {gone} is not retained")]);
+    // A `to` that is not retained gets its 404 even when it is older than
+    // `base` (ids start at 1): swapping them would not help.
+    let r = get(addr, &format!("/heap/diff?base={new}&to=0"), "");
+    assert_error(&r, 404, &["snapshot 0 is not retained"]);
     assert_good(addr, "diffs of ids not retained");
     server.shutdown();
 }

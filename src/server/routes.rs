@@ -413,17 +413,19 @@ async fn diff(state: &State, query: &HashMap<String, String>) -> Result<Resp, Ap
         })
     };
     let base = lookup(base_id)?;
+    let retained_to = to_id.map(lookup).transpose()?;
     // Ids grow with time: a `to` before `base` is a swapped query, whose
-    // "made between" figures would all be negative. Checked once `base` is
-    // found, so that an id that is not retained gets its 404 first.
+    // "made between" figures would all be negative. Checked once both are
+    // found, so that an id that is not retained gets its 404 first (a
+    // swap would not make it retained).
     if let Some(to) = to_id.filter(|&to| to < base_id) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("to ({to}) is older than base ({base_id}): swap them"),
         ));
     }
-    let to = match to_id {
-        Some(id) => lookup(id)?,
+    let to = match retained_to {
+        Some(to) => to,
         None => state.fresh(false).await?,
     };
     let mut d = to.diff(&base);
