@@ -401,7 +401,8 @@ impl Snapshot {
     ///
     /// [`Error::UnsupportedSnapshotVersion`] for another version,
     /// [`Error::InvalidSnapshot`] (with serde's line, column and reason) for
-    /// anything that is not a snapshot.
+    /// anything that is not a snapshot; for heapwatch's other documents (a
+    /// diff, `/heap/history`, `/heap/leaks`), saying which it is.
     pub fn from_json(json: &str) -> Result<Snapshot, Error> {
         // A byte order mark, which RFC 8259 lets a parser ignore (editors
         // on Windows write one).
@@ -425,7 +426,10 @@ impl Snapshot {
         struct Version {
             version: u32,
         }
-        let v: Version = serde_json::from_str(json).map_err(Error::InvalidSnapshot)?;
+        let v: Version = serde_json::from_str(json).map_err(|e| match other_document(json) {
+            Some(what) => Error::invalid_snapshot(format!("this is {what}, not a snapshot")),
+            None => Error::InvalidSnapshot(e),
+        })?;
         if v.version != SNAPSHOT_VERSION {
             return Err(Error::UnsupportedSnapshotVersion {
                 found: v.version,
@@ -557,4 +561,23 @@ pub(crate) fn rss_bytes() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Which of heapwatch's other JSON documents `json` is, if it is one with
+/// no `version` field (read only when it failed to parse as a snapshot):
+/// a file saved from another route is a common mistake.
+fn other_document(json: &str) -> Option<&'static str> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).ok()?;
+    let has = |keys: &[&str]| keys.iter().all(|k| map.contains_key(*k));
+    if map.contains_key("version") {
+        None
+    } else if has(&["base_id", "to_id", "callsites"]) {
+        Some("a diff of two snapshots (/heap/diff, Snapshot::diff)")
+    } else if has(&["interval_ms", "capacity", "snapshots"]) {
+        Some("the list of retained snapshots' totals (/heap/history); save /heap instead")
+    } else if has(&["window_ms", "enough_data", "process"]) {
+        Some("a leak report (/heap/leaks); save /heap instead")
+    } else {
+        None
+    }
 }

@@ -131,6 +131,22 @@ fn foreign_json_says_what_is_wrong() {
         let e = load(text).unwrap_err();
         assert!(e.contains(says), "{text:?}: {e}");
     }
+
+    // heapwatch's other documents, saved by mistake, say which they are:
+    // a diff (as `Snapshot::diff` serializes it), /heap/history's list and
+    // /heap/leaks' report.
+    let diff = serde_json::to_string(&snap.diff(&snap)).unwrap();
+    let history = r#"{"interval_ms":10000,"capacity":360,"snapshots":[]}"#;
+    let leaks = r#"{"window_ms":300000,"span_ms":0,"points":1,"enough_data":false,"process":{}}"#;
+    for (text, says) in [
+        (diff.as_str(), "this is a diff of two snapshots"),
+        (history, "(/heap/history); save /heap instead"),
+        (leaks, "a leak report (/heap/leaks)"),
+    ] {
+        let e = load(text).unwrap_err();
+        assert!(e.contains(says), "{e}");
+        assert!(e.contains("not a snapshot"), "{e}");
+    }
 }
 
 #[test]
