@@ -279,7 +279,12 @@ fn main() {
     println!("  dashboard   {base}/");
     println!("  snapshot    curl -s '{base}/heap?top=5'");
     println!("  history     curl -s {base}/heap/history");
-    println!("  diff        curl -s '{base}/heap/diff?base=1'");
+    // The history keeps 900 snapshots: snapshot 1 leaves it after that.
+    let kept_min = (900 * o.history_secs.max(1)).div_ceil(60);
+    println!(
+        "  diff        curl -s '{base}/heap/diff?base=1'   \
+         (base: any id /heap/history lists; 1 is kept for {kept_min} min)"
+    );
     println!("  leaks       curl -s {base}/heap/leaks");
     println!("  metrics     curl -s {base}/metrics");
     println!("  pprof       go tool pprof -top {base}/debug/pprof/heap");

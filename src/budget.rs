@@ -223,11 +223,15 @@ impl<'de> Deserialize<'de> for Budget {
 pub enum Policy {
     /// Return null: `Vec::try_reserve` gets `Err` and the program carries on;
     /// an infallible allocation reaches `handle_alloc_error`, as for any
-    /// out-of-memory. Two exceptions go through and are counted as
-    /// overages, so that they cannot abort the process: the allocations of
-    /// a thread that is panicking (the panic's message, its backtrace), and
-    /// the [`Snapshot`](crate::Snapshot) that [`snapshot`](crate::snapshot)
-    /// hands the program.
+    /// out-of-memory. Some allocations are never refused and, over the
+    /// budget, go through counted as overages, so that they cannot abort
+    /// the process: those of a thread that is panicking (the panic's
+    /// message, its backtrace); the [`Snapshot`](crate::Snapshot) that
+    /// [`snapshot`](crate::snapshot) hands the program, and what its
+    /// methods make (`save`, `diff`, `to_pprof`, `to_prometheus`,
+    /// `to_flamegraph_svg`); what a [`watch_budget`](crate::watch_budget)
+    /// callback allocates; and what starting the endpoint or the watcher
+    /// allocates on the calling thread.
     #[default]
     Refuse,
     /// Let the allocation through and count it in `budget_overages`.
@@ -373,7 +377,9 @@ pub struct BudgetStatus {
     pub peak_bytes: u64,
     /// Allocations refused (policy `Refuse`).
     pub denials: u64,
-    /// Allocations let through over budget (policy `Warn`).
+    /// Allocations let through over budget: every one under policy `Warn`;
+    /// under `Refuse`, those that are never refused (see
+    /// [`Policy::Refuse`]).
     pub overages: u64,
     /// The level now.
     pub level: BudgetLevel,

@@ -1108,7 +1108,11 @@ pub(crate) fn unattributed() -> Unattributed {
 pub struct TableUsage {
     /// Callsite slots (0 until mapped).
     pub callsite_capacity: u64,
-    /// Callsites recorded.
+    /// Callsite slots in use: one per distinct stack of return addresses
+    /// recorded, the figure to compare with `callsite_capacity`. The
+    /// snapshot's `callsites` can be fewer: stacks whose addresses differ
+    /// but symbolize to the same frames (two return addresses on one
+    /// source line) are one callsite there.
     pub callsites_used: u64,
     /// Live sampled block slots (0 until mapped), the 8,192 used first when
     /// sampling by bytes included. Each stripe of them fills to 7/8 at most

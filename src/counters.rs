@@ -429,7 +429,9 @@ pub struct Stats {
     /// Allocations refused because they would have taken the process over
     /// the budget (policy `Refuse`).
     pub budget_denials: u64,
-    /// Allocations let through over the budget (policy `Warn`).
+    /// Allocations let through over the budget: every one under policy
+    /// `Warn`; under `Refuse`, those that are never refused (see
+    /// [`Policy::Refuse`](crate::Policy::Refuse)).
     pub budget_overages: u64,
     /// Bytes heapwatch (and a re-entrant inner allocator) holds on the heap
     /// now, plus its static tables.

@@ -205,7 +205,7 @@ fn render(snapshot: &Snapshot, budget: &BudgetStatus, out: &mut String) {
     o.single(
         "heapwatch_budget_overages_total",
         Counter,
-        "Allocations let through over the budget (policy warn).",
+        "Allocations let through over the budget (all under policy warn; under refuse, those never refused: panics, snapshots handed to the program, budget callbacks).",
         budget.overages,
     );
     o.single(
@@ -246,7 +246,7 @@ fn render(snapshot: &Snapshot, budget: &BudgetStatus, out: &mut String) {
     o.single(
         "heapwatch_callsites",
         Gauge,
-        "Callsites recorded in the callsite table.",
+        "Slots in use in the callsite table (distinct stacks of return addresses; /heap merges those with the same frames).",
         snapshot.tables.callsites_used,
     );
     o.single(
