@@ -130,6 +130,8 @@ struct Service {
 }
 
 const CACHE_ENTRIES: usize = 20_000;
+/// Snapshots the endpoint's history keeps.
+const HISTORY_LEN: usize = 900;
 
 /// The smallest budget the service runs under: its cache holds about 40 MiB,
 /// and snapshots and the workers' requests need room beside it.
@@ -227,7 +229,7 @@ fn main() {
     let server = match ServerBuilder::new()
         .addr(("127.0.0.1", o.port))
         .history_interval(Duration::from_secs(o.history_secs.max(1)))
-        .history_len(900)
+        .history_len(HISTORY_LEN)
         .leak_window(Duration::from_secs(120))
         .serve()
     {
@@ -279,8 +281,10 @@ fn main() {
     println!("  dashboard   {base}/");
     println!("  snapshot    curl -s '{base}/heap?top=5'");
     println!("  history     curl -s {base}/heap/history");
-    // The history keeps 900 snapshots: snapshot 1 leaves it after that.
-    let kept_min = (900 * o.history_secs.max(1)).div_ceil(60);
+    // Snapshot 1 leaves the history once HISTORY_LEN more were taken.
+    let kept_min = (HISTORY_LEN as u64)
+        .saturating_mul(o.history_secs.max(1))
+        .div_ceil(60);
     println!(
         "  diff        curl -s '{base}/heap/diff?base=1'   \
          (base: any id /heap/history lists; 1 is kept for {kept_min} min)"

@@ -395,8 +395,9 @@ impl GrowthCheck {
         // it is not growth either.
         let mut per = Vec::with_capacity(self.iterations);
         let mut base = None;
-        for i in 0..self.warmup.saturating_add(self.iterations) {
-            if i == self.warmup {
+        let warmup = self.warmup.min(usize::MAX - self.iterations);
+        for i in 0..warmup + self.iterations {
+            if i == warmup {
                 assert!(
                     crate::installed(),
                     "heapwatch::GrowthCheck: no heapwatch::Tracker is this program's global \
@@ -408,7 +409,7 @@ impl GrowthCheck {
                 base = Some(Own::build(crate::snapshot::snapshot));
             }
             let s = once(&mut f);
-            if i >= self.warmup {
+            if i >= warmup {
                 per.push(s.net_live_bytes);
             }
         }

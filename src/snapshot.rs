@@ -427,7 +427,7 @@ impl Snapshot {
             version: u32,
         }
         let v: Version = serde_json::from_str(json).map_err(|e| match other_document(json) {
-            Some(what) => Error::invalid_snapshot(format!("this is {what}, not a snapshot")),
+            Some(what) => Error::invalid_snapshot(format!("this is {what}")),
             None => Error::InvalidSnapshot(e),
         })?;
         if v.version != SNAPSHOT_VERSION {

@@ -31,8 +31,9 @@ pub struct Frame {
     /// `tokio-1.54.1/src/runtime/mod.rs` for a dependency,
     /// `library/alloc/src/vec/mod.rs` for the standard library, and
     /// relative to its crate's directory (`src/main.rs`,
-    /// `examples/demo.rs`) for the program's own code, wherever its source
-    /// tree was when it was built.
+    /// `examples/demo.rs`) for the program's own code (on 64-bit Linux,
+    /// where heapwatch reads DWARF itself: wherever its source tree was
+    /// when it was built).
     /// `null` when the address has no debug information (a missing key, as
     /// in files saved by earlier builds, reads as `null`).
     #[serde(default)]
@@ -361,7 +362,11 @@ pub(crate) fn shorten_path(path: &str, comp_dir: Option<&str>) -> String {
     if let Some(i) = path.find("/lib/rustlib/src/rust/library/") {
         return path[i + "/lib/rustlib/src/rust/".len()..].to_string();
     }
+    // Only an absolute one: a remapped build (`--remap-path-prefix`,
+    // cargo's `trim-paths`) records a dependency's as `crate-version`,
+    // which must stay in its paths as a registry crate's does.
     let within = comp_dir
+        .filter(|d| d.starts_with('/'))
         .map(|d| d.trim_end_matches('/'))
         .filter(|d| !d.is_empty())
         .and_then(|d| path.strip_prefix(d))
@@ -418,11 +423,13 @@ const PLUMBING: &[&str] = &[
 /// allocation plumbing (what stands between the user's code and the hook).
 fn is_plumbing(function: &str) -> bool {
     let f = function.trim_start_matches('<');
-    // `<T as Trait>::method`: plumbing if the trait is the standard
-    // library's and the self type is too, or a primitive (`<str as
-    // ToString>`, `<[T] as ToOwned>`); a trait of the program's own is the
-    // program's code whatever it is implemented for (an extension trait on
-    // `Vec<u8>`, `u32` or every `T`).
+    // `<T as Trait>::method`: plumbing if the self type is heapwatch's;
+    // else if the trait is the standard library's and the self type is
+    // too, or a primitive (`<str as ToString>`, `<[T] as ToOwned>`). A
+    // trait from outside the standard library is code of the program or
+    // of its dependencies whatever it is implemented for (the program's
+    // extension trait on `Vec<u8>`, `u32` or every `T`; `bytes`' `BufMut`
+    // for `Vec<u8>`), shown as such.
     if let Some((self_ty, trait_and_method)) = function
         .starts_with('<')
         .then(|| f.split_once(" as "))
@@ -470,13 +477,19 @@ const OWN_STACK_BASE: &str = "heapwatch::threads::thread_base";
 /// The C `main` that rustc generates for a program (a symbol with no
 /// source): it calls the runtime (`lang_start`), which calls the program's
 /// own `main` through [`STACK_BASE`]. Allocations made before that (the
-/// runtime setting up) have only it and libc below them.
+/// runtime setting up) have only it and libc below them. Known by its
+/// caller being `lang_start`, so that a `#![no_main]` program's own
+/// `extern "C" fn main` is not taken for it.
 const C_MAIN: &str = "main";
 
-fn is_stack_base(f: &Frame) -> bool {
+/// Whether `f` is where a callsite's stack ends, `above` being the frame
+/// it called (the previous one, innermost first).
+fn is_stack_base(above: Option<&Frame>, f: &Frame) -> bool {
     f.function.contains(STACK_BASE)
         || f.function.ends_with(OWN_STACK_BASE)
-        || (f.function == C_MAIN && f.file.is_none())
+        || (f.function == C_MAIN
+            && f.file.is_none()
+            && above.is_some_and(|a| a.function.starts_with("std::rt::lang_start")))
 }
 
 /// Flattens a stack's symbolized return addresses (`groups`, one per
@@ -494,15 +507,17 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
     // closure).
     let mut above: Vec<&[Frame]> = Vec::with_capacity(groups.len());
     let mut at_base = false;
-    for group in groups {
-        match group.iter().position(is_stack_base) {
-            Some(entry) => {
-                above.push(&group[..entry]);
+    let mut previous: Option<&Frame> = None;
+    'groups: for group in groups {
+        for (k, f) in group.iter().enumerate() {
+            if is_stack_base(previous, f) {
+                above.push(&group[..k]);
                 at_base = true;
-                break;
+                break 'groups;
             }
-            None => above.push(group),
+            previous = Some(f);
         }
+        above.push(group);
     }
     let Some(first) = above
         .iter()
@@ -802,6 +817,18 @@ mod tests {
             ["std::rt::init", "std::rt::lang_start_internal"]
         );
         assert_eq!(names(trim(&runtime, 1)), ["std::rt::init"]);
+        // A `#![no_main]` program's own `extern "C" fn main` (no debug
+        // information; not called by `lang_start`) is the program's frame.
+        let no_main = vec![
+            one("__rustc::__rust_alloc", None),
+            one(
+                "alloc::raw_vec::RawVec::grow_one",
+                Some("library/alloc/src/raw_vec.rs"),
+            ),
+            one("main", None),
+            one("__libc_start_main", None),
+        ];
+        assert_eq!(names(trim(&no_main, 1)), ["main"]);
         // Only heapwatch's frames above the entry: the stack less those.
         let own_only = vec![
             one("heapwatch::capture::capture", None),
@@ -891,6 +918,11 @@ mod tests {
                 "{path}"
             );
         }
+        // A relative one (a remapped build's `crate-version`) is ignored.
+        assert_eq!(
+            shorten_path("pkg-1.0/src/main.rs", Some("pkg-1.0")),
+            "pkg-1.0/src/main.rs"
+        );
         // A directory that is only a prefix of a name is not a parent.
         assert_eq!(
             shorten_path("/builds/app2/examples/x.rs", Some("/builds/app")),

@@ -571,10 +571,6 @@ fn is_bare(function: &str) -> bool {
         && !function.split('<').next().unwrap_or("").contains("::")
 }
 
-/// A frame's name: `function` as DWARF gives it, the symbol-table name of
-/// the function holding the address (`holder`, given for the outermost
-/// frame only) if DWARF's is that function's name without its path, else
-/// [`crate_path`]'s.
 /// The directory the compiler ran in for the code at `probe` (its unit's
 /// `DW_AT_comp_dir`), for `shorten_path`.
 fn comp_dir(ctx: &addr2line::Context<Reader>, probe: u64) -> Option<String> {
@@ -584,6 +580,10 @@ fn comp_dir(ctx: &addr2line::Context<Reader>, probe: u64) -> Option<String> {
         .map(|dir| dir.to_string_lossy().into_owned())
 }
 
+/// A frame's name: `function` as DWARF gives it, the symbol-table name of
+/// the function holding the address (`holder`, given for the outermost
+/// frame only) if DWARF's is that function's name without its path, else
+/// [`crate_path`]'s.
 fn named(function: String, raw_file: Option<&str>, holder: Option<&str>, own: &[String]) -> String {
     match holder.and_then(|symbol| full_name(&function, symbol)) {
         Some(full) => full,
@@ -751,9 +751,17 @@ mod tests {
         let here = stack as fn() -> Vec<usize> as usize;
         let (probe, debug) = objects.debug_at(here).expect("the program's DWARF");
         let ctx = debug.context.as_ref().expect("the program's DWARF");
+        let dir = comp_dir(ctx, probe).expect("DW_AT_comp_dir");
+        let file = ctx
+            .find_location(probe)
+            .ok()
+            .flatten()
+            .and_then(|l| l.file)
+            .expect("a file");
+        assert!(file.starts_with(&dir), "{file} under {dir}");
         assert_eq!(
-            comp_dir(ctx, probe).as_deref(),
-            Some(env!("CARGO_MANIFEST_DIR"))
+            super::super::shorten_path(file, Some(&dir)),
+            "src/symbolize/objects.rs"
         );
     }
 
