@@ -29,7 +29,8 @@ pub struct Frame {
     pub function: String,
     /// Source file, shortened the same way on every run and machine:
     /// `tokio-1.54.1/src/runtime/mod.rs` for a dependency,
-    /// `library/alloc/src/vec/mod.rs` for the standard library, and
+    /// `library/alloc/src/vec/mod.rs` for the standard library,
+    /// `build/<package>/out/…` for code a build script generated, and
     /// relative to its crate's directory (`src/main.rs`,
     /// `examples/demo.rs`) for the program's own code (on 64-bit Linux,
     /// where heapwatch reads DWARF itself: wherever its source tree was
@@ -329,7 +330,10 @@ fn module_offset(addr: usize) -> String {
 ///   `crate-version/` (`tokio-1.54.1/src/runtime/mod.rs`);
 /// - the toolchain's sources (`/rustc/<commit>/library/…`, or the
 ///   `rust-src` component's `…/lib/rustlib/src/rust/library/…` that a
-///   `-Zbuild-std` build records) lose everything before `library/`;
+///   `-Zbuild-std` build records) lose everything before `library/`, and
+///   the standard library's own dependencies (`/rust/deps/…`) become
+///   `crate-version/…`;
+/// - a file a build script generated becomes `build/<package>/out/…`;
 /// - any other absolute path in a crate becomes relative to the crate's
 ///   directory: it keeps its last `src` component and what follows
 ///   (`src/main.rs`, `src/bin/tool.rs`), or, with no `src` in it, its last
@@ -358,6 +362,14 @@ pub(crate) fn shorten_path(path: &str, comp_dir: Option<&str>) -> String {
             return path[i + 1..].to_string();
         }
     }
+    // The standard library's own dependencies (its `hashbrown`), as the
+    // toolchain records them: `crate-version/…` like a registry crate.
+    if let Some(rest) = path.strip_prefix("/rust/deps/") {
+        return rest.to_string();
+    }
+    if let Some(generated) = out_dir_file(path) {
+        return generated;
+    }
     // The `rust-src` component, as a `-Zbuild-std` build records it.
     if let Some(i) = path.find("/lib/rustlib/src/rust/library/") {
         return path[i + "/lib/rustlib/src/rust/".len()..].to_string();
@@ -380,6 +392,22 @@ pub(crate) fn shorten_path(path: &str, comp_dir: Option<&str>) -> String {
         }
     }
     path.to_string()
+}
+
+/// A file a build script generated (`OUT_DIR`,
+/// `…/build/<package>-<hash>/out/…`) as `build/<package>/out/…`: where the
+/// target directory is and the hash of the build's settings left out.
+fn out_dir_file(path: &str) -> Option<String> {
+    path.match_indices("/out/").find_map(|(i, _)| {
+        let (parent, dir) = path[..i].rsplit_once('/')?;
+        if !(parent.ends_with("/build") || parent == "build") {
+            return None;
+        }
+        let (package, hash) = dir.rsplit_once('-')?;
+        let hex = hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        (hex && !package.is_empty())
+            .then(|| format!("build/{package}/out/{}", &path[i + "/out/".len()..]))
+    })
 }
 
 /// The part of `path` from its crate's directory on: from its last `src`
@@ -460,9 +488,35 @@ fn is_plumbing(function: &str) -> bool {
 /// Whether a symbolized frame is plumbing: by name, or by being the
 /// standard library's own source (`library/…` once shortened), which also
 /// catches inherent methods of primitive types (`<[u8]>::to_vec_in`,
-/// `<str>::repeat`).
+/// `<str>::repeat`). Never a `<T as Trait>::method` in the program's own
+/// source (`src/…`, `examples/…`, `tests/…`, `benches/…`) that is not
+/// heapwatch's: with v0 symbol names (`-C symbol-mangling-version=v0`) the
+/// program's `impl From<Tag> for Vec<u8>` is named `<alloc::vec::Vec<u8>
+/// as core::convert::From<app::Tag>>::from`, which by its name alone is
+/// the standard library's.
 fn is_plumbing_frame(f: &Frame) -> bool {
-    is_plumbing(&f.function) || f.file.as_deref().is_some_and(|p| p.starts_with("library/"))
+    let file = f.file.as_deref();
+    if file.is_some_and(|p| p.starts_with("library/")) {
+        return true;
+    }
+    let programs = |p: &str| {
+        ["src/", "examples/", "tests/", "benches/"]
+            .iter()
+            .any(|d| p.starts_with(d))
+    };
+    if f.function.starts_with('<') && file.is_some_and(programs) && !names_own(&f.function) {
+        return false;
+    }
+    is_plumbing(&f.function)
+}
+
+/// Whether a `<T as Trait>::method` name's type or trait is heapwatch's
+/// (or its stack walker's).
+fn names_own(function: &str) -> bool {
+    let f = function.trim_start_matches('<');
+    let (self_ty, trait_and_method) = f.split_once(" as ").unwrap_or((f, ""));
+    OWN.iter()
+        .any(|p| self_ty.starts_with(p) || trait_and_method.starts_with(p))
 }
 
 /// The function the standard library runs a thread's (and `main`'s) body
@@ -630,6 +684,36 @@ mod tests {
         ] {
             assert!(!is_plumbing(u), "{u}");
         }
+    }
+
+    #[test]
+    fn the_programs_impls_with_v0_names_are_its_frames() {
+        let f = |function: &str, file: Option<&str>| Frame {
+            function: function.to_string(),
+            file: file.map(str::to_string),
+            line: None,
+        };
+        let v0 = "<alloc::vec::Vec<u8> as core::convert::From<app::Tag>>::from";
+        assert!(!is_plumbing_frame(&f(v0, Some("src/main.rs"))));
+        assert!(!is_plumbing_frame(&f(v0, Some("tests/leaks.rs"))));
+        // By its name alone (no debug information) it is the standard
+        // library's, as before; and where the file says so.
+        assert!(is_plumbing_frame(&f(v0, None)));
+        assert!(is_plumbing_frame(&f(
+            "<alloc::vec::Vec<T> as core::clone::Clone>::clone",
+            Some("library/alloc/src/vec/mod.rs")
+        )));
+        // heapwatch's own, built from its source as a path dependency.
+        assert!(is_plumbing_frame(&f(
+            "<heapwatch::Tracker<A> as core::alloc::global::GlobalAlloc>::alloc",
+            Some("src/tracker.rs")
+        )));
+        // The standard library's `hashbrown`, its file shortened as a
+        // dependency's.
+        assert!(is_plumbing_frame(&f(
+            "<hashbrown::map::HashMap<K,V,S,A> as core::iter::traits::collect::Extend<(K,V)>>::extend",
+            Some(&shorten_path("/rust/deps/hashbrown-0.16.1/src/map.rs", None))
+        )));
     }
 
     #[test]
@@ -918,6 +1002,40 @@ mod tests {
                 "{path}"
             );
         }
+        // The standard library's own dependencies, and generated files
+        // wherever the target directory is.
+        assert_eq!(
+            shorten_path(
+                "/rust/deps/hashbrown-0.16.1/src/map.rs",
+                Some("/builds/app")
+            ),
+            "hashbrown-0.16.1/src/map.rs"
+        );
+        for (path, comp_dir) in [
+            (
+                "/tmp/t/target/release/build/my-app-aae6040035484dd2/out/gen.rs",
+                Some("/builds/app"),
+            ),
+            (
+                "/builds/app/target/debug/build/my-app-dbcdc759cabc49c2/out/gen.rs",
+                Some("/builds/app"),
+            ),
+            (
+                "/builds/app/target/debug/build/my-app-dbcdc759cabc49c2/out/gen.rs",
+                None,
+            ),
+        ] {
+            assert_eq!(
+                shorten_path(path, comp_dir),
+                "build/my-app/out/gen.rs",
+                "{path}"
+            );
+        }
+        assert_eq!(shorten_path("/home/u/out/x.rs", None), "/home/u/out/x.rs");
+        assert_eq!(
+            shorten_path("/builds/app/src/build/x-1/out/m.rs", Some("/builds/app")),
+            "src/build/x-1/out/m.rs"
+        );
         // A relative one (a remapped build's `crate-version`) is ignored.
         assert_eq!(
             shorten_path("pkg-1.0/src/main.rs", Some("pkg-1.0")),
