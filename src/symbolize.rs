@@ -313,12 +313,26 @@ fn module_offset(addr: usize) -> String {
     if found && !info.dli_fname.is_null() {
         // SAFETY: `dladdr` succeeded, so `dli_fname` is a valid C string.
         let path = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }.to_string_lossy();
-        let name = path.rsplit('/').next().unwrap_or(&path).to_string();
+        let name = program_file_name(&path)
+            .unwrap_or_else(|| path.rsplit('/').next().unwrap_or(&path).to_string());
         let off = addr.wrapping_sub(info.dli_fbase as usize);
         format!("{name}+{off:#x}")
     } else {
         format!("{addr:#x}")
     }
+}
+
+/// The program's file name, if `loaded_as` (what `dladdr` names an object
+/// by) is the program itself: the loader names it by `argv[0]`, which is
+/// whatever it was started as (a symlink, a name found in `PATH`), so that
+/// `module+offset` frames, and so callsite ids, would change with it.
+fn program_file_name(loaded_as: &str) -> Option<String> {
+    let argv0 = std::env::args_os().next()?;
+    if argv0.to_string_lossy() != loaded_as {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.file_name()?.to_string_lossy().into_owned())
 }
 
 /// Shortens a source path, from the path alone (never from the current
@@ -684,6 +698,41 @@ mod tests {
         ] {
             assert!(!is_plumbing(u), "{u}");
         }
+    }
+
+    #[test]
+    fn the_program_is_named_by_its_file_however_it_was_started() {
+        // This test binary, run again through a symlink of another name:
+        // frames with no symbol are named by the file, not the link.
+        const CHILD: &str = "HEAPWATCH_TEST_MODULE_NAME_CHILD";
+        let here = the_program_is_named_by_its_file_however_it_was_started as fn() as usize;
+        if std::env::var_os(CHILD).is_some() {
+            println!("module: {}", module_offset(here));
+            return;
+        }
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = std::env::temp_dir().join(format!("heapwatch-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let link = dir.join("another-name");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&exe, &link).expect("symlink");
+        let out = std::process::Command::new(&link)
+            .args([
+                "--exact",
+                "symbolize::tests::the_program_is_named_by_its_file_however_it_was_started",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("run through the link");
+        let _ = std::fs::remove_dir_all(&dir);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let file = exe.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            stdout.contains(&format!("module: {file}+0x")),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
