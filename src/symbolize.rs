@@ -448,6 +448,24 @@ fn in_crate(path: &str) -> Option<&str> {
 /// heapwatch's own frames and those of the stack walker it calls.
 const OWN: &[&str] = &["heapwatch::", "backtrace::"];
 
+/// The allocator shims rustc generates for the `#[global_allocator]` item
+/// (their file and line are that item's).
+const SHIMS: &[&str] = &["__rustc::", "__rust_", "__rg_"];
+
+/// The type and the rest (`Trait>::method`) of a `<T as Trait>::method`
+/// name, the type without leading `&`, `&mut`, `[`, `(` or `*`.
+fn qualified(function: &str) -> Option<(&str, &str)> {
+    let (self_ty, trait_and_method) = function
+        .strip_prefix('<')?
+        .trim_start_matches('<')
+        .split_once(" as ")?;
+    let self_ty = self_ty.trim_start_matches(['&', '[', '(', '*']);
+    Some((
+        self_ty.strip_prefix("mut ").unwrap_or(self_ty),
+        trait_and_method,
+    ))
+}
+
 const PLUMBING: &[&str] = &[
     "heapwatch::",
     "backtrace::",
@@ -472,13 +490,7 @@ fn is_plumbing(function: &str) -> bool {
     // of its dependencies whatever it is implemented for (the program's
     // extension trait on `Vec<u8>`, `u32` or every `T`; `bytes`' `BufMut`
     // for `Vec<u8>`), shown as such.
-    if let Some((self_ty, trait_and_method)) = function
-        .starts_with('<')
-        .then(|| f.split_once(" as "))
-        .flatten()
-    {
-        let self_ty = self_ty.trim_start_matches(['&', '[', '(', '*']);
-        let self_ty = self_ty.strip_prefix("mut ").unwrap_or(self_ty);
+    if let Some((self_ty, trait_and_method)) = qualified(function) {
         if OWN.iter().any(|p| self_ty.starts_with(p)) {
             return true;
         }
@@ -527,8 +539,8 @@ fn is_plumbing_frame(f: &Frame) -> bool {
 /// Whether a `<T as Trait>::method` name's type or trait is heapwatch's
 /// (or its stack walker's).
 fn names_own(function: &str) -> bool {
-    let f = function.trim_start_matches('<');
-    let (self_ty, trait_and_method) = f.split_once(" as ").unwrap_or((f, ""));
+    let (self_ty, trait_and_method) =
+        qualified(function).unwrap_or((function.trim_start_matches('<'), ""));
     OWN.iter()
         .any(|p| self_ty.starts_with(p) || trait_and_method.starts_with(p))
 }
@@ -624,15 +636,7 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
 fn library_only(groups: &[Arc<[Frame]>], above: &[&[Frame]], depth: usize) -> Vec<Frame> {
     fn own(f: &Frame) -> bool {
         let name = f.function.trim_start_matches('<');
-        [
-            "heapwatch::",
-            "backtrace::",
-            "__rustc::",
-            "__rust_",
-            "__rg_",
-        ]
-        .iter()
-        .any(|p| name.starts_with(p))
+        OWN.iter().chain(SHIMS).any(|p| name.starts_with(p))
     }
     let mut out = Vec::new();
     let mut kept = 0;
