@@ -153,7 +153,9 @@ pub use snapshot::{
 pub use symbolize::Frame;
 pub use tracker::{installed, Tracker};
 
-#[cfg(doctest)]
+// The README's examples use jemalloc and the endpoint: they are tested
+// with the default features (and the README's `--all-features`).
+#[cfg(all(doctest, feature = "jemalloc", feature = "server"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
