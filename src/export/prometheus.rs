@@ -250,6 +250,12 @@ fn render(snapshot: &Snapshot, budget: &BudgetStatus, out: &mut String) {
         snapshot.tables.callsites_used,
     );
     o.single(
+        "heapwatch_shard_overflows_total",
+        Counter,
+        "Threads that found every counter shard leased and shared the fallback shard (exact, slower).",
+        snapshot.tables.shard_overflows,
+    );
+    o.single(
         "heapwatch_unattributed_allocations_total",
         Counter,
         "Sampled allocations (estimated) with no callsite row.",
