@@ -37,6 +37,15 @@ pub struct SnapshotDiff {
     /// 0 in files from builds before it existed.
     #[serde(default)]
     pub callsites_not_compared: u64,
+    /// Whether the sampling mode differs between the two snapshots, or
+    /// changed and changed back between them
+    /// ([`Snapshot::sampling_changes`]). The totals compare as ever; the
+    /// callsite deltas compare figures recorded two ways: blocks allocated
+    /// while sampling was off are in no callsite, so switching it on shows
+    /// callsites growing (`"new"`) while the program only replaces what it
+    /// held. false in files from builds before it existed.
+    #[serde(default)]
+    pub sampling_changed: bool,
 }
 
 /// Process-wide deltas.
@@ -217,6 +226,9 @@ impl Snapshot {
             },
             callsites,
             callsites_not_compared: not_compared,
+            sampling_changed: self.mode != base.mode
+                || self.sample_interval_bytes != base.sample_interval_bytes
+                || (self.run_id == base.run_id && self.sampling_changes != base.sampling_changes),
         }
     }
 }

@@ -124,7 +124,15 @@ pub struct Growth {
     pub last_live_bytes: u64,
     /// `last_live_bytes - first_live_bytes`.
     pub delta_bytes: i64,
-    /// The grade of `mb_per_min`.
+    /// Least-squares slope over the later half of the points' span only
+    /// (the points at or after its middle), MiB per minute; the same as
+    /// `mb_per_min` with fewer than two points there. 0 in files from
+    /// builds before it existed.
+    #[serde(default)]
+    pub recent_mb_per_min: f64,
+    /// The grade of the growth: of `mb_per_min` while the later half grows
+    /// at least half as fast (`recent_mb_per_min`), else of
+    /// `recent_mb_per_min` (see [`leak_report`]).
     pub severity: Severity,
 }
 
@@ -144,7 +152,12 @@ pub struct CallsiteGrowth {
     pub bytes_per_sec: f64,
     /// Live bytes at the last point minus at the first.
     pub delta_bytes: i64,
-    /// The grade of `mb_per_min`.
+    /// Least-squares slope over the later half of its points' span, as
+    /// [`Growth::recent_mb_per_min`]. 0 in files from builds before it
+    /// existed.
+    #[serde(default)]
+    pub recent_mb_per_min: f64,
+    /// The grade of the growth, as [`Growth::severity`].
     pub severity: Severity,
 }
 
@@ -180,11 +193,30 @@ pub struct LeakReport {
     /// ([`ServerBuilder`](crate::ServerBuilder)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_span_ms: Option<u64>,
+    /// Whether the window holds snapshots taken before the sampling mode
+    /// last changed ([`Snapshot::sampling_changes`]). Callsites are then
+    /// fitted only on the snapshots since the change (their figures before
+    /// it were recorded another way); the process's growth, exact in every
+    /// mode, on all of them. false in files from builds before it existed.
+    #[serde(default)]
+    pub sampling_changed: bool,
 }
 
 /// Grades the growth of live bytes over the snapshots taken within
 /// `window` of the latest one, and attaches the budget's state
 /// ([`budget_status`](crate::budget_status)).
+///
+/// The rate is the least-squares slope over the window (`mb_per_min`). A
+/// leak grows all the time; a cache filled at start-up, a buffer that
+/// doubled once or a burst that ended is a step, which a line fitted
+/// across it also reads as a rate, for as long as the step stays in the
+/// window. So the slope over the later half of the points' span
+/// (`recent_mb_per_min`) is computed too: while it is at least half the
+/// window's, the growth goes on and the window's rate is graded; below
+/// that, the growth has slowed or stopped and the later half's rate is
+/// graded. A step therefore stops being graded once it is in the first
+/// half of the span (within half a window), and a service's first minutes
+/// of filling its caches are graded only while the filling goes on.
 ///
 /// Snapshots may come in any order; they are ordered by `uptime_ms`.
 /// Accepts `&[Snapshot]`, `&[Arc<Snapshot>]` or `&[&Snapshot]`.
@@ -246,6 +278,21 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
     let totals: Vec<u64> = points.iter().map(|s| s.totals.live_bytes).collect();
     let process = growth(&xs, &totals, enough_data, thresholds);
 
+    // Callsite figures compare only between snapshots recorded the same
+    // way: the latest one's mode, and (within one process) no switch since.
+    let comparable: Vec<bool> = match points.last() {
+        Some(last) => points
+            .iter()
+            .map(|s| {
+                s.mode == last.mode
+                    && s.sample_interval_bytes == last.sample_interval_bytes
+                    && (s.run_id != last.run_id || s.sampling_changes == last.sampling_changes)
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let sampling_changed = comparable.contains(&false);
+
     let mut callsites = Vec::new();
     if enough_data {
         // id -> live bytes per point, and the index of the latest snapshot
@@ -254,12 +301,17 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
         // left callsites out (the server's history keeps each snapshot's
         // largest ones): reading that absence as 0 made a steady callsite
         // that moved into the kept set look like a leak.
+        // A point recorded another way is unknown for every callsite.
         let absent: Vec<Option<u64>> = points
             .iter()
-            .map(|s| (s.callsites_omitted == 0).then_some(0))
+            .zip(&comparable)
+            .map(|(s, &same)| (same && s.callsites_omitted == 0).then_some(0))
             .collect();
         let mut series: HashMap<&str, (Vec<Option<u64>>, usize, usize)> = HashMap::new();
         for (i, snap) in points.iter().enumerate() {
+            if comparable.get(i) != Some(&true) {
+                continue;
+            }
             for (j, c) in snap.callsites.iter().enumerate() {
                 let entry = series
                     .entry(c.id.as_str())
@@ -310,6 +362,7 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
                 mb_per_min: g.mb_per_min,
                 bytes_per_sec: g.bytes_per_sec,
                 delta_bytes: g.delta_bytes,
+                recent_mb_per_min: g.recent_mb_per_min,
                 severity: g.severity,
             });
         }
@@ -330,6 +383,7 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
         callsites,
         budget,
         history_span_ms: None,
+        sampling_changed,
     }
 }
 
@@ -338,18 +392,44 @@ fn growth(xs: &[f64], ys: &[u64], enough: bool, thresholds: &LeakThresholds) -> 
     let last = ys.last().copied().unwrap_or(0);
     let delta = (i128::from(last) - i128::from(first))
         .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
-    let mb_per_min = if enough { slope(xs, ys) / MIB } else { 0.0 };
+    let (mb_per_min, recent_mb_per_min) = if enough {
+        (slope(xs, ys) / MIB, recent_slope(xs, ys) / MIB)
+    } else {
+        (0.0, 0.0)
+    };
+    // Growth that goes on is graded at the window's rate; growth that
+    // slowed or stopped in the later half (a step), at the later half's.
+    let graded = if recent_mb_per_min >= mb_per_min / 2.0 {
+        mb_per_min
+    } else {
+        recent_mb_per_min
+    };
     Growth {
         mb_per_min,
         bytes_per_sec: mb_per_min * MIB / 60.0,
         first_live_bytes: first,
         last_live_bytes: last,
         delta_bytes: delta,
+        recent_mb_per_min,
         severity: if enough {
-            thresholds.severity(mb_per_min)
+            thresholds.severity(graded)
         } else {
             Severity::None
         },
+    }
+}
+
+/// [`slope`] over the points at or after the middle of the xs' span; over
+/// all of them when fewer than two are there.
+fn recent_slope(xs: &[f64], ys: &[u64]) -> f64 {
+    let (Some(&a), Some(&b)) = (xs.first(), xs.last()) else {
+        return 0.0;
+    };
+    let mid = a + (b - a) / 2.0;
+    let from = xs.iter().position(|&x| x >= mid).unwrap_or(0);
+    match (xs.get(from..), ys.get(from..)) {
+        (Some(rx), Some(ry)) if rx.len() >= 2 => slope(rx, ry),
+        _ => slope(xs, ys),
     }
 }
 
@@ -602,6 +682,106 @@ mod tests {
         assert_eq!(fwd.callsites.len(), 1, "zero growth is not listed");
         assert_eq!(fwd.callsites[0].id, "new");
         assert_eq!(fwd.callsites[0].live_bytes, 40 * MB);
+    }
+
+    #[test]
+    fn a_cache_filled_at_start_up_is_not_graded_once_filled() {
+        // The history's first snapshot is taken as the server starts
+        // (18 KB live); a 20 MiB cache is full 4 s later and then flat.
+        let at = |i: u64, t: u64| {
+            let live = if t == 0 { 18_000 } else { 20 * MB };
+            snap(i + 1, t, live, &[("cache", live)])
+        };
+        for last in [3u64, 6, 12] {
+            let snaps: Vec<Snapshot> = (0..=last).map(|i| at(i, i * 10_000)).collect();
+            let r = report(&snaps, 300);
+            assert!(r.enough_data, "{last}");
+            // The line fitted across the step still reads a rate ...
+            assert!(r.process.mb_per_min >= 3.0, "{last}: {r:?}");
+            // ... but the later half does not grow: not a leak.
+            assert_eq!(r.process.recent_mb_per_min, 0.0, "{last}");
+            assert_eq!(r.process.severity, Severity::None, "{last}: {r:?}");
+            assert!(
+                r.callsites.iter().all(|c| c.severity == Severity::None),
+                "{last}: {:?}",
+                r.callsites
+            );
+        }
+    }
+
+    #[test]
+    fn growth_that_goes_on_is_graded_and_a_ramp_that_stopped_is_not() {
+        // 12 MiB per minute for 2 minutes, then flat for 3.
+        let ramp = |t: u64| 12 * MB * t.min(120_000) / 60_000;
+        let snaps: Vec<Snapshot> = (0..=30u64)
+            .map(|i| {
+                let t = i * 10_000;
+                snap(i + 1, t, ramp(t), &[("ramp", ramp(t))])
+            })
+            .collect();
+        // While it grows (the first 2 minutes), at its full rate.
+        let r = report(&snaps[..=12], 300);
+        assert_eq!(r.process.severity, Severity::High, "{:?}", r.process);
+        assert_eq!(r.callsites[0].severity, Severity::High);
+        assert!((r.process.recent_mb_per_min - 12.0).abs() < 1e-6);
+        // After it stopped, the grade falls with the later half's rate.
+        let t = LeakThresholds::DEFAULT;
+        let mut last = Severity::Critical;
+        for n in 13..snaps.len() {
+            let g = report(&snaps[..=n], 300).process;
+            let graded = if g.recent_mb_per_min >= g.mb_per_min / 2.0 {
+                g.mb_per_min
+            } else {
+                g.recent_mb_per_min
+            };
+            assert_eq!(g.severity, t.severity(graded), "{n}: {g:?}");
+            assert!(g.severity <= last, "{n}: the grade rose again: {g:?}");
+            last = g.severity;
+        }
+        // Three minutes after, the window still reads a rate, but the later
+        // half is flat.
+        let r = report(&snaps, 300);
+        assert!(r.process.mb_per_min >= 3.0, "{:?}", r.process);
+        assert_eq!(r.process.recent_mb_per_min, 0.0);
+        assert_eq!(r.process.severity, Severity::None);
+        assert_eq!(r.callsites[0].severity, Severity::None);
+    }
+
+    #[test]
+    fn callsites_are_fitted_only_since_the_sampling_mode_changed() {
+        // Off for a minute (no callsite recorded), then sampling by bytes
+        // from 70 s: the program's 20 MiB cache, flat all along, shows at
+        // its callsite once sampling is on.
+        let snaps: Vec<Snapshot> = (0..=18u64)
+            .map(|i| {
+                let t = i * 10_000;
+                let mut s = if t < 70_000 {
+                    snap(i + 1, t, 20 * MB, &[])
+                } else {
+                    snap(i + 1, t, 20 * MB, &[("cache", 20 * MB)])
+                };
+                s.mode = if t < 70_000 { "off" } else { "bytes" }.to_string();
+                s.sample_interval_bytes = (t >= 70_000).then_some(512 * 1024);
+                s.sampling_changes = if t < 70_000 { 1 } else { 2 };
+                s
+            })
+            .collect();
+        let r = report(&snaps, 300);
+        assert!(r.sampling_changed);
+        assert_eq!(r.process.severity, Severity::None);
+        // Read from 0 while off, the cache would have grown 20 MiB.
+        assert!(r.callsites.is_empty(), "{:?}", r.callsites);
+        // Once the window holds no snapshot from before the switch, the
+        // report says so.
+        let r = report(&snaps[7..], 300);
+        assert!(!r.sampling_changed);
+        // A switch and back between two snapshots of one process counts
+        // too, though both are in the same mode.
+        let mut same_mode = snaps[7..].to_vec();
+        for s in &mut same_mode[..3] {
+            s.sampling_changes = 0;
+        }
+        assert!(report(&same_mode, 300).sampling_changed);
     }
 
     #[test]

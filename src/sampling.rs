@@ -72,7 +72,11 @@ static SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Switches the sampling mode at run time. Blocks already sampled keep their
-/// records (and weights) until they are freed.
+/// records (and weights) until they are freed; blocks allocated while
+/// sampling was [`Sampling::Off`] are in no callsite, so after switching it
+/// on a callsite's figures climb while the program replaces them. Diffs
+/// and leak reports across a switch say so (`sampling_changed`; each
+/// snapshot counts the switches in `sampling_changes`).
 ///
 /// The switch holds at once for the calling thread and for every thread
 /// that is not allocating at that instant. A thread in the middle of an
@@ -112,9 +116,25 @@ pub(crate) fn configure(sampling: Sampling) {
     }
 }
 
+/// Times the mode (or its interval) changed, in this process.
+static MODE_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the sampling mode (or its interval) has changed in this
+/// process: snapshots with different counts straddle a switch.
+pub(crate) fn mode_changes() -> u64 {
+    MODE_CHANGES.load(Relaxed)
+}
+
 fn store_sampling(sampling: Sampling) {
     if sampling != Sampling::Off {
         prefault_once();
+    }
+    let stored = match sampling {
+        Sampling::Bytes(n) => Sampling::Bytes(n.max(1)),
+        other => other,
+    };
+    if stored != self::sampling() {
+        MODE_CHANGES.fetch_add(1, Relaxed);
     }
     match sampling {
         Sampling::Off => MODE.store(MODE_OFF, Relaxed),

@@ -12,6 +12,7 @@
 //!   "uptime_ms": 61000,           // since the tracker's first allocation
 //!   "mode": "bytes",              // "off" | "bytes" | "all"
 //!   "sample_interval_bytes": 524288, // null unless mode is "bytes"
+//!   "sampling_changes": 0,        // switches of the mode so far
 //!   "unwinder": "cfi",            // or "frame_pointers", "backtrace"
 //!   "unwinder_fallbacks": 0,      // captures the CFI walk left to backtrace
 //!   "totals": { Stats: live_bytes, live_blocks, peak_bytes, allocations,
@@ -81,6 +82,17 @@ pub struct Snapshot {
     pub mode: String,
     /// The mean sampling interval when `mode` is `"bytes"`.
     pub sample_interval_bytes: Option<u64>,
+    /// How many times the sampling mode (or its interval) had changed in
+    /// this process when the snapshot was taken ([`set_sampling`](crate::set_sampling)).
+    /// Two snapshots of one process with different counts straddle a
+    /// switch: their callsite figures were recorded differently (blocks
+    /// allocated while `"off"` are never attributed, and a callsite's
+    /// estimate climbs while they are replaced), so [`Snapshot::diff`] says
+    /// so and [`leak_report`](crate::leak_report) fits callsites only on
+    /// snapshots since the last switch. 0 in files from builds before it
+    /// existed.
+    #[serde(default)]
+    pub sampling_changes: u64,
     /// `"frame_pointers"`, `"cfi"` or `"backtrace"`.
     pub unwinder: String,
     /// Stacks the CFI unwinder could not walk (signal frames, code without
@@ -256,6 +268,7 @@ impl fmt::Display for SortKey {
 /// }
 /// ```
 pub fn snapshot() -> Snapshot {
+    let sampling_changes = crate::sampling::mode_changes();
     let mode = sampling();
     let totals = stats();
     // The working state (every slot's figures, the merge by id, reading
@@ -277,6 +290,7 @@ pub fn snapshot() -> Snapshot {
                 Sampling::Bytes(n) => Some(n),
                 _ => None,
             },
+            sampling_changes,
             unwinder: crate::capture::active_unwinder().to_string(),
             unwinder_fallbacks: crate::capture::cfi_fallbacks() as u64,
             totals,
