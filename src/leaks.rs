@@ -130,8 +130,7 @@ pub struct Growth {
     /// builds before it existed.
     #[serde(default)]
     pub recent_mb_per_min: f64,
-    /// The grade of the growth: of `mb_per_min` while the later half grows
-    /// at least half as fast (`recent_mb_per_min`), else of
+    /// The grade of the growth: of the lower of `mb_per_min` and
     /// `recent_mb_per_min` (see [`leak_report`]).
     pub severity: Severity,
 }
@@ -211,12 +210,12 @@ pub struct LeakReport {
 /// doubled once or a burst that ended is a step, which a line fitted
 /// across it also reads as a rate, for as long as the step stays in the
 /// window. So the slope over the later half of the points' span
-/// (`recent_mb_per_min`) is computed too: while it is at least half the
-/// window's, the growth goes on and the window's rate is graded; below
-/// that, the growth has slowed or stopped and the later half's rate is
-/// graded. A step therefore stops being graded once it is in the first
-/// half of the span (within half a window), and a service's first minutes
-/// of filling its caches are graded only while the filling goes on.
+/// (`recent_mb_per_min`) is computed too, and the lower of the two is
+/// graded: growth must go on to be graded at a rate. A step stops being
+/// graded once it is in the first half of the span (within half a window),
+/// a service's first minutes of filling its caches are graded only while
+/// the filling goes on, and a leak that started within the window (the
+/// later half steeper) is graded at the window's rate, as before.
 ///
 /// Snapshots may come in any order; they are ordered by `uptime_ms`.
 /// Accepts `&[Snapshot]`, `&[Arc<Snapshot>]` or `&[&Snapshot]`.
@@ -397,13 +396,10 @@ fn growth(xs: &[f64], ys: &[u64], enough: bool, thresholds: &LeakThresholds) -> 
     } else {
         (0.0, 0.0)
     };
-    // Growth that goes on is graded at the window's rate; growth that
-    // slowed or stopped in the later half (a step), at the later half's.
-    let graded = if recent_mb_per_min >= mb_per_min / 2.0 {
-        mb_per_min
-    } else {
-        recent_mb_per_min
-    };
+    // Graded: the lower of the window's rate and the later half's, so the
+    // growth must go on. A step (growth that stopped) reads as its later
+    // half; a leak that started within the window, as the window's.
+    let graded = mb_per_min.min(recent_mb_per_min);
     Growth {
         mb_per_min,
         bytes_per_sec: mb_per_min * MIB / 60.0,
@@ -729,11 +725,7 @@ mod tests {
         let mut last = Severity::Critical;
         for n in 13..snaps.len() {
             let g = report(&snaps[..=n], 300).process;
-            let graded = if g.recent_mb_per_min >= g.mb_per_min / 2.0 {
-                g.mb_per_min
-            } else {
-                g.recent_mb_per_min
-            };
+            let graded = g.mb_per_min.min(g.recent_mb_per_min);
             assert_eq!(g.severity, t.severity(graded), "{n}: {g:?}");
             assert!(g.severity <= last, "{n}: the grade rose again: {g:?}");
             last = g.severity;
