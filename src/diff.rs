@@ -226,9 +226,7 @@ impl Snapshot {
             },
             callsites,
             callsites_not_compared: not_compared,
-            sampling_changed: self.mode != base.mode
-                || self.sample_interval_bytes != base.sample_interval_bytes
-                || (self.run_id == base.run_id && self.sampling_changes != base.sampling_changes),
+            sampling_changed: !self.sampled_like(base),
         }
     }
 }

@@ -280,14 +280,7 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
     // Callsite figures compare only between snapshots recorded the same
     // way: the latest one's mode, and (within one process) no switch since.
     let comparable: Vec<bool> = match points.last() {
-        Some(last) => points
-            .iter()
-            .map(|s| {
-                s.mode == last.mode
-                    && s.sample_interval_bytes == last.sample_interval_bytes
-                    && (s.run_id != last.run_id || s.sampling_changes == last.sampling_changes)
-            })
-            .collect(),
+        Some(last) => points.iter().map(|s| s.sampled_like(last)).collect(),
         None => Vec::new(),
     };
     let sampling_changed = comparable.contains(&false);

@@ -136,11 +136,11 @@ fn store_sampling(sampling: Sampling) {
     if stored != self::sampling() {
         MODE_CHANGES.fetch_add(1, Relaxed);
     }
-    match sampling {
+    match stored {
         Sampling::Off => MODE.store(MODE_OFF, Relaxed),
         Sampling::All => MODE.store(MODE_ALL, Relaxed),
         Sampling::Bytes(n) => {
-            INTERVAL.store(n.max(1), Relaxed);
+            INTERVAL.store(n, Relaxed);
             MODE.store(MODE_BYTES, Relaxed);
         }
     }

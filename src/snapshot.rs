@@ -371,6 +371,17 @@ fn merged_sites() -> Vec<Row> {
 }
 
 impl Snapshot {
+    /// Whether this snapshot's callsite figures were recorded the same way
+    /// as `other`'s: the same mode and interval and, within one process, no
+    /// switch between them ([`Snapshot::sampling_changes`]). What
+    /// [`Snapshot::diff`]'s `sampling_changed` and the leak report's
+    /// callsite fits go by.
+    pub(crate) fn sampled_like(&self, other: &Snapshot) -> bool {
+        self.mode == other.mode
+            && self.sample_interval_bytes == other.sample_interval_bytes
+            && (self.run_id != other.run_id || self.sampling_changes == other.sampling_changes)
+    }
+
     /// Orders the callsites by `key`, largest first (ties by id); with
     /// [`Snapshot::truncate_callsites`], what `/heap?sort=..&top=..` does.
     ///
