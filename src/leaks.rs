@@ -130,8 +130,12 @@ pub struct Growth {
     /// builds before it existed.
     #[serde(default)]
     pub recent_mb_per_min: f64,
-    /// The grade of the growth: of the lower of `mb_per_min` and
-    /// `recent_mb_per_min` (see [`leak_report`]).
+    /// The rate `severity` grades, MiB per minute: the lower of
+    /// `mb_per_min` and `recent_mb_per_min` (see [`leak_report`]). 0
+    /// without enough data, and in files from builds before it existed.
+    #[serde(default)]
+    pub graded_mb_per_min: f64,
+    /// The grade of `graded_mb_per_min`.
     pub severity: Severity,
 }
 
@@ -156,7 +160,16 @@ pub struct CallsiteGrowth {
     /// existed.
     #[serde(default)]
     pub recent_mb_per_min: f64,
-    /// The grade of the growth, as [`Growth::severity`].
+    /// The rate `severity` grades, MiB per minute: as
+    /// [`Growth::graded_mb_per_min`] for exact figures; for sampling
+    /// estimates ([`Callsite::estimated`](crate::Callsite::estimated)),
+    /// the window's slope is first lowered to the lower end of its
+    /// one-sided 99% confidence interval, and with fewer than three points
+    /// (no interval) it is 0 (see [`leak_report`]). 0 in files from builds
+    /// before it existed.
+    #[serde(default)]
+    pub graded_mb_per_min: f64,
+    /// The grade of `graded_mb_per_min`.
     pub severity: Severity,
 }
 
@@ -217,6 +230,21 @@ pub struct LeakReport {
 /// the filling goes on, and a leak that started within the window (the
 /// later half steeper) is graded at the window's rate, as before.
 ///
+/// A callsite's figures sampled by bytes ([`Callsite::estimated`](crate::Callsite::estimated))
+/// are estimates that wobble around the truth by about the square root of
+/// live bytes × the sampling interval (3 MiB for a 20 MiB callsite at
+/// 512 KiB), and a line fitted to a few of them can read that wobble as
+/// growth. For them the window's rate is first lowered to the lower end of
+/// its one-sided 99% confidence interval (Student's t over the points'
+/// scatter around the line): growth is graded at the rate the points bear
+/// out. A steady leak's points lie close to its line and lose little; a
+/// flat callsite's scatter, most of its slope. With fewer than three
+/// points there is no interval, and such a callsite is not graded. The
+/// rate graded is reported as `graded_mb_per_min`. The process's live
+/// bytes are exact, and so are callsites under `Sampling::All`: what
+/// scatter they show is the program's own, and they are graded at their
+/// fitted rates.
+///
 /// Snapshots may come in any order; they are ordered by `uptime_ms`.
 /// Accepts `&[Snapshot]`, `&[Arc<Snapshot>]` or `&[&Snapshot]`.
 ///
@@ -275,7 +303,7 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
         .collect();
 
     let totals: Vec<u64> = points.iter().map(|s| s.totals.live_bytes).collect();
-    let process = growth(&xs, &totals, enough_data, thresholds);
+    let process = growth(&xs, &totals, enough_data, false, thresholds);
 
     // Callsite figures compare only between snapshots recorded the same
     // way: the latest one's mode, and (within one process) no switch since.
@@ -338,15 +366,13 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
             if !spans {
                 continue;
             }
-            let g = growth(&xs, &ys, true, thresholds);
+            let latest = points.get(si).and_then(|s| s.callsites.get(ci));
+            let estimated = latest.is_some_and(|c| c.estimated);
+            let g = growth(&xs, &ys, true, estimated, thresholds);
             if g.bytes_per_sec.is_nan() || g.bytes_per_sec <= 0.0 {
                 continue;
             }
-            let frames = points
-                .get(si)
-                .and_then(|s| s.callsites.get(ci))
-                .map(|c| c.frames.clone())
-                .unwrap_or_default();
+            let frames = latest.map(|c| c.frames.clone()).unwrap_or_default();
             callsites.push(CallsiteGrowth {
                 id: id.to_string(),
                 frames,
@@ -355,6 +381,7 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
                 bytes_per_sec: g.bytes_per_sec,
                 delta_bytes: g.delta_bytes,
                 recent_mb_per_min: g.recent_mb_per_min,
+                graded_mb_per_min: g.graded_mb_per_min,
                 severity: g.severity,
             });
         }
@@ -379,20 +406,39 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
     }
 }
 
-fn growth(xs: &[f64], ys: &[u64], enough: bool, thresholds: &LeakThresholds) -> Growth {
+/// The growth of `ys` over `xs` (minutes). `estimated`: the ys are
+/// sampling estimates, graded on the lower end of the slope's confidence
+/// interval (see [`leak_report`]).
+fn growth(
+    xs: &[f64],
+    ys: &[u64],
+    enough: bool,
+    estimated: bool,
+    thresholds: &LeakThresholds,
+) -> Growth {
     let first = ys.first().copied().unwrap_or(0);
     let last = ys.last().copied().unwrap_or(0);
     let delta = (i128::from(last) - i128::from(first))
         .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
-    let (mb_per_min, recent_mb_per_min) = if enough {
-        (slope(xs, ys) / MIB, recent_slope(xs, ys) / MIB)
+    let (mb_per_min, recent_mb_per_min, graded) = if enough {
+        let fit = fit(xs, ys);
+        let recent = recent_slope(xs, ys) / MIB;
+        // The lower of the window's rate and the later half's, so that the
+        // growth must go on: a step (growth that stopped) reads as its
+        // later half, a leak that started within the window as the
+        // window's.
+        let window = if estimated {
+            // Sampling estimates wobble by about sqrt(live × interval):
+            // the rate graded is one the points bear out, not one their
+            // noise draws (no bound, hence no grade, from two points).
+            fit.lower_bound().map_or(0.0, |b| b / MIB)
+        } else {
+            fit.slope / MIB
+        };
+        (fit.slope / MIB, recent, window.min(recent))
     } else {
-        (0.0, 0.0)
+        (0.0, 0.0, 0.0)
     };
-    // Graded: the lower of the window's rate and the later half's, so the
-    // growth must go on. A step (growth that stopped) reads as its later
-    // half; a leak that started within the window, as the window's.
-    let graded = mb_per_min.min(recent_mb_per_min);
     Growth {
         mb_per_min,
         bytes_per_sec: mb_per_min * MIB / 60.0,
@@ -400,6 +446,7 @@ fn growth(xs: &[f64], ys: &[u64], enough: bool, thresholds: &LeakThresholds) -> 
         last_live_bytes: last,
         delta_bytes: delta,
         recent_mb_per_min,
+        graded_mb_per_min: graded,
         severity: if enough {
             thresholds.severity(graded)
         } else {
@@ -422,12 +469,73 @@ fn recent_slope(xs: &[f64], ys: &[u64]) -> f64 {
     }
 }
 
+/// A least-squares line's slope (units of y per unit of x) and what the
+/// scatter of the points around it says about it.
+#[derive(Clone, Copy, Debug)]
+struct Fit {
+    /// 0 when the xs do not vary.
+    slope: f64,
+    /// The slope's standard error; `None` with fewer than three points or
+    /// xs that do not vary.
+    std_error: Option<f64>,
+    /// Points fitted less two: the degrees of freedom of `std_error`.
+    freedom: usize,
+}
+
+impl Fit {
+    /// The lower end of the slope's one-sided 99% confidence interval
+    /// (Student's t, taking the points' errors around the line as
+    /// independent).
+    fn lower_bound(&self) -> Option<f64> {
+        Some(self.slope - t99(self.freedom) * self.std_error?)
+    }
+}
+
+/// Student's t for a one-sided 99% interval with `freedom` degrees of
+/// freedom (at least 1), rounded up: the tabulated value for the largest
+/// tabulated freedom not above it.
+fn t99(freedom: usize) -> f64 {
+    const TABLE: [(usize, f64); 16] = [
+        (1, 31.821),
+        (2, 6.965),
+        (3, 4.541),
+        (4, 3.747),
+        (5, 3.365),
+        (6, 3.143),
+        (7, 2.998),
+        (8, 2.896),
+        (9, 2.821),
+        (10, 2.764),
+        (12, 2.681),
+        (15, 2.602),
+        (20, 2.528),
+        (30, 2.457),
+        (60, 2.390),
+        (120, 2.358),
+    ];
+    TABLE
+        .iter()
+        .rev()
+        .find(|&&(f, _)| f <= freedom)
+        .map_or(f64::INFINITY, |&(_, t)| t)
+}
+
 /// Least-squares slope of `ys` against `xs` (units of y per unit of x); 0
 /// when the xs do not vary.
 fn slope(xs: &[f64], ys: &[u64]) -> f64 {
+    fit(xs, ys).slope
+}
+
+/// The least-squares line of `ys` against `xs`.
+fn fit(xs: &[f64], ys: &[u64]) -> Fit {
     let n = xs.len().min(ys.len());
+    let none = Fit {
+        slope: 0.0,
+        std_error: None,
+        freedom: 0,
+    };
     if n < 2 {
-        return 0.0;
+        return none;
     }
     let nf = n as f64;
     let mx = xs.iter().take(n).sum::<f64>() / nf;
@@ -441,9 +549,25 @@ fn slope(xs: &[f64], ys: &[u64]) -> f64 {
         sxx += dx * dx;
     }
     if sxx == 0.0 {
-        0.0
-    } else {
-        sxy / sxx
+        return none;
+    }
+    let slope = sxy / sxx;
+    let freedom = n - 2;
+    let std_error = (freedom > 0).then(|| {
+        let rss: f64 = xs
+            .iter()
+            .zip(ys)
+            .map(|(&x, &y)| {
+                let r = y as f64 - y0 - my - slope * (x - mx);
+                r * r
+            })
+            .sum();
+        (rss / freedom as f64 / sxx).sqrt()
+    });
+    Fit {
+        slope,
+        std_error,
+        freedom,
     }
 }
 
@@ -767,6 +891,95 @@ mod tests {
             s.sampling_changes = 0;
         }
         assert!(report(&same_mode, 300).sampling_changed);
+    }
+
+    /// `s` with every callsite's figures marked as sampling estimates.
+    fn sampled(mut s: Snapshot) -> Snapshot {
+        for c in &mut s.callsites {
+            c.estimated = true;
+        }
+        s
+    }
+
+    #[test]
+    fn sampled_estimates_are_graded_at_the_rate_their_points_bear_out() {
+        // A callsite whose estimates wobble as a flat 20 MiB cache's do
+        // (about 3 MiB at 512 KiB), 10 s apart: the line through five of
+        // them rises 9 MiB/min.
+        let wobble = [17, 21, 18, 22, 24];
+        let snaps: Vec<Snapshot> = wobble
+            .iter()
+            .zip(0u64..)
+            .map(|(&mb, i)| snap(i + 1, i * 10_000, 30 * MB, &[("cache", mb * MB)]))
+            .collect();
+        // Exact figures (`Sampling::All`) are the program's memory: graded
+        // at the fitted rate.
+        let exact = report(&snaps, 300);
+        let c = &exact.callsites[0];
+        assert!((c.mb_per_min - 9.0).abs() < 1e-9, "{c:?}");
+        assert!((c.graded_mb_per_min - 9.0).abs() < 1e-9, "{c:?}");
+        assert_eq!(c.severity, Severity::Medium);
+        // The same figures sampled: the same slope, but the points'
+        // scatter does not bear it out.
+        let snaps: Vec<Snapshot> = snaps.into_iter().map(sampled).collect();
+        let r = report(&snaps, 300);
+        let c = &r.callsites[0];
+        assert!((c.mb_per_min - 9.0).abs() < 1e-9, "{c:?}");
+        assert!(c.graded_mb_per_min < 3.0, "{c:?}");
+        assert_eq!(c.severity, Severity::None, "{c:?}");
+
+        // A sampled leak: 10 MiB/min, each estimate off by a quarter MiB.
+        let snaps: Vec<Snapshot> = (0..13u64)
+            .map(|i| {
+                let live = 10 * MB * i / 6 + if i % 2 == 0 { MB / 4 } else { 0 };
+                sampled(snap(i + 1, i * 10_000, live, &[("leaky", live)]))
+            })
+            .collect();
+        let r = report(&snaps, 300);
+        let c = &r.callsites[0];
+        assert!(
+            c.graded_mb_per_min > 9.5 && c.graded_mb_per_min < c.mb_per_min,
+            "{c:?}"
+        );
+        assert_eq!(c.severity, Severity::Medium);
+        // The process's figures are exact: graded at the rate fitted.
+        assert_eq!(
+            r.process.graded_mb_per_min,
+            r.process.mb_per_min.min(r.process.recent_mb_per_min)
+        );
+
+        // Two sampled points have no interval: listed, not graded.
+        let two = [
+            sampled(snap(1, 0, 0, &[("x", MB)])),
+            sampled(snap(2, 60_000, 40 * MB, &[("x", 40 * MB)])),
+        ];
+        let r = report(&two, 300);
+        assert_eq!(r.process.severity, Severity::Critical);
+        let c = &r.callsites[0];
+        assert!(c.mb_per_min > 38.0, "{c:?}");
+        assert_eq!((c.graded_mb_per_min, c.severity), (0.0, Severity::None));
+    }
+
+    #[test]
+    fn fit_gives_the_slope_and_its_standard_error() {
+        let f = fit(&[0.0, 1.0, 2.0], &[0, 1, 3]);
+        assert!((f.slope - 1.5).abs() < 1e-12);
+        // Residuals 1/6, -1/3, 1/6: (1/6 / 1 / 2).sqrt().
+        let se = f.std_error.unwrap();
+        assert!((se - (1.0f64 / 12.0).sqrt()).abs() < 1e-12, "{se}");
+        assert_eq!(f.freedom, 1);
+        assert!((f.lower_bound().unwrap() - (1.5 - 31.821 * se)).abs() < 1e-12);
+        // On the line exactly: no scatter.
+        let f = fit(&[0.0, 1.0, 2.0, 3.0], &[5, 7, 9, 11]);
+        assert_eq!((f.slope, f.std_error), (2.0, Some(0.0)));
+        // Two points: a slope, no error.
+        let f = fit(&[0.0, 1.0], &[0, 4]);
+        assert_eq!((f.slope, f.std_error, f.lower_bound()), (4.0, None, None));
+        assert_eq!(fit(&[1.0, 1.0, 1.0], &[0, 4, 9]).std_error, None);
+        assert_eq!(t99(0), f64::INFINITY);
+        assert_eq!(t99(1), 31.821);
+        assert_eq!(t99(11), 2.764);
+        assert_eq!(t99(10_000), 2.358);
     }
 
     #[test]
