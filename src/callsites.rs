@@ -1127,6 +1127,12 @@ pub struct TableUsage {
     /// Threads that found every counter shard leased and share the
     /// fallback shard (still exact, slower).
     pub shard_overflows: u64,
+    /// Counter shards ever leased, of [`SHARDS`](crate::SHARDS). A thread
+    /// leases the lowest free one, so this is about the most threads that
+    /// have been alive at once; near `SHARDS`, more would share the
+    /// fallback shard. 0 in files saved by earlier versions.
+    #[serde(default)]
+    pub shards_used: u64,
 }
 
 /// Reads the tables' capacities and use.
@@ -1141,6 +1147,7 @@ pub(crate) fn usage() -> TableUsage {
             .sum(),
         symbol_cache_entries: crate::symbolize::cache_len() as u64,
         shard_overflows: crate::counters::lease_overflows(),
+        shards_used: crate::counters::leased_high() as u64,
     }
 }
 

@@ -5,8 +5,11 @@
 //! its thread-locals are torn down; while leased, only that thread writes the
 //! shard, so the hot path updates it with a plain relaxed load and store (no
 //! `lock`-prefixed instruction, no cache line shared with another writer).
-//! Readers sum every shard, so a thread that exits loses nothing: its counts
-//! stay in the shard, and the next thread to lease the shard adds on top.
+//! Readers sum every shard ever leased, so a thread that exits loses
+//! nothing: its counts stay in the shard, and the next thread to lease the
+//! shard adds on top. A thread leases the lowest free shard, so the shards
+//! ever leased are about as many as the most threads alive at once, and a
+//! reading costs that many shards, not `SHARDS`.
 //!
 //! Threads beyond [`SHARDS`] alive at once, and allocations made after a
 //! thread's lease was returned (late thread-local destructors), use one
@@ -19,13 +22,16 @@
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::*};
 
 use serde::{Deserialize, Serialize};
 
 /// Number of exclusively leased shards (threads alive at once that each get
-/// their own). Memory: `SHARDS * 256` bytes, static.
-pub const SHARDS: usize = 256;
+/// their own). Memory: `SHARDS * 256` bytes, static (zero pages until
+/// used). Readers sum only the shards ever leased: threads lease the
+/// lowest free one, so a program that never has more than `k` threads
+/// alive at once has its sums read over `k` shards.
+pub const SHARDS: usize = 1024;
 
 /// One thread's counters. The first cache line holds what every allocation
 /// and free touches; the budget's bookkeeping beyond its two limits (see
@@ -61,8 +67,9 @@ pub(crate) struct Shard {
     /// The sampler generation `rng` was seeded for.
     pub(crate) rng_generation: AtomicU64,
     leased: AtomicBool,
-    /// False only for the shared fallback shard.
-    exclusive: bool,
+    /// True only for the shared fallback shard (false is zero, so that the
+    /// static array of leased shards is zero bytes in the binary).
+    shared: bool,
 }
 
 impl Shard {
@@ -86,7 +93,7 @@ impl Shard {
             ovh_freed_bytes: AtomicU64::new(0),
             rng_generation: AtomicU64::new(0),
             leased: AtomicBool::new(false),
-            exclusive,
+            shared: !exclusive,
         }
     }
 
@@ -94,7 +101,7 @@ impl Shard {
     /// shard is leased by the calling thread, an atomic add otherwise.
     #[inline(always)]
     pub(crate) fn add(&self, c: &AtomicU64, v: u64) {
-        if self.exclusive {
+        if !self.shared {
             c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
         } else {
             c.fetch_add(v, Relaxed);
@@ -105,22 +112,24 @@ impl Shard {
     /// (`counters::fast`): a plain load and store, no atomic RMW.
     #[inline(always)]
     pub(crate) fn add_owned(&self, c: &AtomicU64, v: u64) {
-        debug_assert!(self.exclusive);
+        debug_assert!(!self.shared);
         c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
     }
 
     /// Whether only the calling thread writes this shard.
     #[inline(always)]
     pub(crate) fn is_exclusive(&self) -> bool {
-        self.exclusive
+        !self.shared
     }
 }
 
 static SHARD_ARRAY: [Shard; SHARDS] = [const { Shard::new(true) }; SHARDS];
 static SHARED: Shard = Shard::new(false);
 
-/// Where the next lease search starts (spreads threads over the array).
-static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
+/// One more than the highest index ever leased: the shards beyond it have
+/// never been written, and readers leave them out. Raised before a new
+/// holder first counts in its shard, never lowered.
+static LEASED_HIGH: AtomicUsize = AtomicUsize::new(0);
 /// Threads that found every shard leased and fell back to the shared one.
 static LEASE_OVERFLOWS: AtomicU64 = AtomicU64::new(0);
 
@@ -244,11 +253,9 @@ pub(crate) fn current() -> &'static Shard {
 #[cold]
 #[inline(never)]
 fn lease_slow() -> &'static Shard {
-    let start = NEXT_LEASE.fetch_add(1, Relaxed) as usize;
-    for i in 0..SHARDS {
-        let Some(shard) = SHARD_ARRAY.get(start.wrapping_add(i) % SHARDS) else {
-            continue;
-        };
+    // The lowest free shard, so that readers, who sum the shards up to the
+    // highest ever leased, read as few as the program has threads at once.
+    for (i, shard) in SHARD_ARRAY.iter().enumerate() {
         if shard.leased.load(Relaxed) {
             continue;
         }
@@ -257,6 +264,9 @@ fn lease_slow() -> &'static Shard {
             .compare_exchange(false, true, Acquire, Relaxed)
             .is_ok()
         {
+            // Before the shard's first count: a reader that sees the count
+            // sees the shard.
+            LEASED_HIGH.fetch_max(i + 1, Release);
             // A new owner draws its own countdown (the previous owner's
             // may be from another sampling mode).
             crate::sampling::start_lease(shard);
@@ -284,6 +294,12 @@ fn lease_slow() -> &'static Shard {
     &SHARED
 }
 
+/// How many of the leased shards have ever been leased (the lowest
+/// indices): the shards readers sum.
+pub(crate) fn leased_high() -> usize {
+    LEASED_HIGH.load(Acquire).min(SHARDS)
+}
+
 /// A shard's position: its index in the leased array, or `SHARDS` for the
 /// shared fallback shard. Stable across runs, unlike its address.
 pub(crate) fn index_of(shard: &Shard) -> usize {
@@ -296,9 +312,13 @@ pub(crate) fn index_of(shard: &Shard) -> usize {
     }
 }
 
-/// Every shard, the shared one included.
+/// Every shard ever leased, and the shared one. (The others have never
+/// been written.)
 pub(crate) fn all_shards() -> impl Iterator<Item = &'static Shard> {
-    SHARD_ARRAY.iter().chain(std::iter::once(&SHARED))
+    SHARD_ARRAY
+        .iter()
+        .take(leased_high())
+        .chain(std::iter::once(&SHARED))
 }
 
 /// Raw sums over all shards.

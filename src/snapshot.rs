@@ -33,7 +33,7 @@
 //!                     lock_contentions, inner_blocks_untracked },
 //!   "tables": { callsite_capacity, callsites_used,
 //!               live_sample_capacity, live_samples_used,
-//!               symbol_cache_entries, shard_overflows },
+//!               symbol_cache_entries, shard_overflows, shards_used },
 //!   "allocator": { "name": "jemalloc", "allocated": .., "active": ..,
 //!                  "resident": .., "mapped": .., "retained": .. } | null,
 //!   "process": { "pid": 1234, "rss_bytes": 12345678 }

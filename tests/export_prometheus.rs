@@ -286,6 +286,7 @@ const ALWAYS: &[(&str, &str)] = &[
     ("heapwatch_overhead_blocks", "gauge"),
     ("heapwatch_callsites", "gauge"),
     ("heapwatch_shard_overflows_total", "counter"),
+    ("heapwatch_shards_used", "gauge"),
     ("heapwatch_unattributed_allocations_total", "counter"),
     ("heapwatch_dropped_samples_total", "counter"),
     ("heapwatch_process_resident_memory_bytes", "gauge"),
@@ -347,6 +348,11 @@ fn prometheus_exposition_is_valid_and_matches_the_snapshot() {
         e.get("heapwatch_shard_overflows_total"),
         snap.tables.shard_overflows as f64
     );
+    assert_eq!(
+        e.get("heapwatch_shards_used"),
+        snap.tables.shards_used as f64
+    );
+    assert!(e.get("heapwatch_shards_used") >= 1.0);
     assert_eq!(
         e.get("heapwatch_unattributed_allocations_total"),
         snap.unattributed.allocations as f64

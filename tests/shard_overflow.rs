@@ -78,6 +78,7 @@ fn threads_beyond_the_shards_count_exactly_and_are_reported() {
 
     let snap = heapwatch::snapshot();
     let overflows = snap.tables.shard_overflows;
+    assert_eq!(snap.tables.shards_used, heapwatch::SHARDS as u64);
     assert!(
         overflows >= EXTRA as u64,
         "{THREADS} threads alive at once over {} shards: {overflows} reported overflowing",
@@ -120,9 +121,44 @@ fn threads_beyond_the_shards_count_exactly_and_are_reported() {
     assert_eq!((live_blocks, live_bytes), (0, 0));
 }
 
-// One test, run from `main`: libtest's threads would allocate meanwhile.
+/// Threads that run one after another take the same lowest free shard:
+/// readers sum only the shards ever leased, so a program that never runs
+/// many threads at once is read over few shards.
+fn threads_one_after_another_reuse_the_lowest_shards() {
+    let before = heapwatch::stats();
+    for i in 0..300 {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || drop(black_box(vec![i as u8; SIZE])))
+            .expect("spawn")
+            .join()
+            .unwrap();
+    }
+    let after = heapwatch::stats();
+    // Each thread's block, and what spawning it allocates; all freed.
+    assert!(
+        after.allocations - before.allocations >= 300,
+        "{before:?}\n{after:?}"
+    );
+    assert_eq!(
+        (after.live_bytes, after.live_blocks),
+        (before.live_bytes, before.live_blocks),
+        "300 threads' blocks, all freed"
+    );
+    let used = heapwatch::snapshot().tables.shards_used;
+    // The main thread's and the one the workers took in turn (the main
+    // thread's snapshot may have started a helper of its own).
+    assert!(
+        (2..=4).contains(&used),
+        "300 threads, one at a time, leased {used} shards"
+    );
+}
+
+// One test at a time, run from `main`: libtest's threads would allocate
+// meanwhile.
 fn main() {
     assert!(heapwatch::installed());
+    threads_one_after_another_reuse_the_lowest_shards();
     threads_beyond_the_shards_count_exactly_and_are_reported();
     println!("shard_overflow: ok");
 }

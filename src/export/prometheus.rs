@@ -256,6 +256,12 @@ fn render(snapshot: &Snapshot, budget: &BudgetStatus, out: &mut String) {
         snapshot.tables.shard_overflows,
     );
     o.single(
+        "heapwatch_shards_used",
+        Gauge,
+        "Counter shards ever leased (about the most threads alive at once); past heapwatch::SHARDS, threads share a fallback shard.",
+        snapshot.tables.shards_used,
+    );
+    o.single(
         "heapwatch_unattributed_allocations_total",
         Counter,
         "Sampled allocations (estimated) with no callsite row.",
