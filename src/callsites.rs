@@ -1151,11 +1151,12 @@ pub(crate) fn usage() -> TableUsage {
     }
 }
 
-/// Bytes of heapwatch's fixed tables: static arrays plus mapped tables.
+/// Bytes of heapwatch's fixed tables: static arrays plus mapped tables
+/// (of the counter shards and their pending caches, those ever leased).
 pub(crate) fn static_table_bytes() -> usize {
     std::mem::size_of_val(&FILTER)
         + std::mem::size_of_val(&STRIPE_LOCKS)
-        + crate::counters::SHARDS * 256
+        + crate::counters::shard_bytes()
         + std::mem::size_of_val(sites())
         + std::mem::size_of_val(records())
         + crate::capture::static_bytes()

@@ -312,6 +312,12 @@ pub(crate) fn index_of(shard: &Shard) -> usize {
     }
 }
 
+/// Bytes of the shards ever leased and the shared one (the others are zero
+/// pages no thread has written).
+pub(crate) fn shard_bytes() -> usize {
+    (leased_high() + 1) * std::mem::size_of::<Shard>()
+}
+
 /// Every shard ever leased, and the shared one. (The others have never
 /// been written.)
 pub(crate) fn all_shards() -> impl Iterator<Item = &'static Shard> {
@@ -454,7 +460,8 @@ pub struct Stats {
     /// [`Policy::Refuse`](crate::Policy::Refuse)).
     pub budget_overages: u64,
     /// Bytes heapwatch (and a re-entrant inner allocator) holds on the heap
-    /// now, plus its static tables.
+    /// now, plus its static tables (those of its counter shards only for
+    /// the shards threads have used).
     pub overhead_bytes: u64,
     /// Blocks heapwatch (and a re-entrant inner allocator) holds now.
     pub overhead_blocks: u64,
@@ -483,8 +490,8 @@ impl Stats {
 }
 
 /// Reads the process-wide totals: a sum over every thread's shard. Cheap
-/// (a few hundred relaxed loads), allocation-free, callable from any thread
-/// at any time.
+/// (ten relaxed loads per shard ever leased, about one per thread alive at
+/// once), allocation-free, callable from any thread at any time.
 ///
 /// Returns all zeros until a [`Tracker`](crate::Tracker) serving as the
 /// global allocator has seen its first allocation (see

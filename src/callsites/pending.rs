@@ -240,9 +240,10 @@ pub(super) fn read_with<T>(read_shared: impl FnOnce() -> T) -> (T, Vec<(u32, [u6
     (read_shared(), pending)
 }
 
-/// Bytes of the caches (static).
+/// Bytes of the caches of the shards ever leased (static; the others are
+/// zero pages no thread has written).
 pub(super) fn static_bytes() -> usize {
-    std::mem::size_of_val(&CACHES)
+    counters::leased_high() * std::mem::size_of::<Cache>()
 }
 
 #[cfg(test)]
