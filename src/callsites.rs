@@ -19,8 +19,9 @@
 //! - **Pending figures** (`pending`): each thread adds to its callsites'
 //!   counters through a small cache of its own, with plain stores, and
 //!   moves figures to the shared counters only on eviction; readers add the
-//!   caches in. Static: 32 entries for each of the 256 counter shards
-//!   (352 KiB of zero pages until used).
+//!   caches in. Static: 32 entries for each of the 1,024 counter shards
+//!   (1.4 MiB of zero pages until used; readers read those of the shards
+//!   ever leased).
 //!
 //! Overflow is never silent: a sample whose stack finds no free callsite
 //! slot is counted in the *unattributed* row (and its free subtracted there

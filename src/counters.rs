@@ -264,8 +264,11 @@ fn lease_slow() -> &'static Shard {
             .compare_exchange(false, true, Acquire, Relaxed)
             .is_ok()
         {
-            // Before the shard's first count: a reader that sees the count
-            // sees the shard.
+            // Before the shard's first count, so that a reader that
+            // synchronizes with this thread after it (a join, a lock, a
+            // channel) sees the mark (`fetch_max` always writes) and sums
+            // the shard. A reader that does not may leave the shard out: as
+            // if it had read before this thread's first allocation.
             LEASED_HIGH.fetch_max(i + 1, Release);
             // A new owner draws its own countdown (the previous owner's
             // may be from another sampling mode).
@@ -490,8 +493,9 @@ impl Stats {
 }
 
 /// Reads the process-wide totals: a sum over every thread's shard. Cheap
-/// (ten relaxed loads per shard ever leased, about one per thread alive at
-/// once), allocation-free, callable from any thread at any time.
+/// (nine relaxed loads per shard ever leased: about one shard per thread in
+/// the most threads alive at once so far), allocation-free, callable from
+/// any thread at any time.
 ///
 /// Returns all zeros until a [`Tracker`](crate::Tracker) serving as the
 /// global allocator has seen its first allocation (see

@@ -191,7 +191,9 @@ pub struct LeakReport {
     pub thresholds: LeakThresholds,
     /// The process's growth (`totals.live_bytes`).
     pub process: Growth,
-    /// Callsites whose live bytes grew (positive slope), fastest first.
+    /// Callsites whose live bytes grew (positive slope): by severity, the
+    /// most severe first, then by `graded_mb_per_min`, then by
+    /// `mb_per_min`, each the highest first.
     pub callsites: Vec<CallsiteGrowth>,
     /// The budget's state when the report was made.
     pub budget: BudgetStatus,
@@ -240,10 +242,22 @@ pub struct LeakReport {
 /// out. A steady leak's points lie close to its line and lose little; a
 /// flat callsite's scatter, most of its slope. With fewer than three
 /// points there is no interval, and such a callsite is not graded. The
-/// rate graded is reported as `graded_mb_per_min`. The process's live
-/// bytes are exact, and so are callsites under `Sampling::All`: what
-/// scatter they show is the program's own, and they are graded at their
-/// fitted rates.
+/// rate graded is reported as `graded_mb_per_min`.
+///
+/// The interval takes the points' errors as independent, which they are
+/// when the callsite's blocks are replaced between snapshots. A callsite
+/// whose sampled blocks stay live for minutes has errors that drift
+/// together, and over a short window the drift can lie close to a line:
+/// such a callsite can still be graded though it does not grow (less often
+/// than by its fitted rate, far more often than 1 time in 100). A leak
+/// that starts within the window is graded later than with exact figures,
+/// as the flat points before it scatter around the line. Act on a sampled
+/// callsite's severity once it holds over minutes, or confirm it under
+/// `Sampling::All`.
+///
+/// The process's live bytes are exact, and so are the figures of callsites
+/// with `estimated: false`: what scatter they show is the program's own,
+/// and they are graded at their fitted rates.
 ///
 /// Snapshots may come in any order; they are ordered by `uptime_ms`.
 /// Accepts `&[Snapshot]`, `&[Arc<Snapshot>]` or `&[&Snapshot]`.
@@ -385,9 +399,13 @@ pub(crate) fn report_with_budget<S: Borrow<Snapshot>>(
                 severity: g.severity,
             });
         }
+        // Graded callsites first, so that `?top=N` keeps them: a sampled
+        // callsite's fitted rate can be high and its grade none.
         callsites.sort_by(|a, b| {
-            b.bytes_per_sec
-                .total_cmp(&a.bytes_per_sec)
+            b.severity
+                .cmp(&a.severity)
+                .then_with(|| b.graded_mb_per_min.total_cmp(&a.graded_mb_per_min))
+                .then_with(|| b.bytes_per_sec.total_cmp(&a.bytes_per_sec))
                 .then_with(|| a.id.cmp(&b.id))
         });
     }
@@ -492,8 +510,9 @@ impl Fit {
 }
 
 /// Student's t for a one-sided 99% interval with `freedom` degrees of
-/// freedom (at least 1), rounded up: the tabulated value for the largest
-/// tabulated freedom not above it.
+/// freedom (at least 1), to three decimals: the value for the largest
+/// tabulated freedom not above it (for freedoms between rows, a larger
+/// value than the exact one).
 fn t99(freedom: usize) -> f64 {
     const TABLE: [(usize, f64); 16] = [
         (1, 31.821),
@@ -958,6 +977,39 @@ mod tests {
         let c = &r.callsites[0];
         assert!(c.mb_per_min > 38.0, "{c:?}");
         assert_eq!((c.graded_mb_per_min, c.severity), (0.0, Severity::None));
+    }
+
+    #[test]
+    fn a_leak_that_starts_within_the_window_is_graded_later_when_sampled() {
+        // 10 MiB/min from `start` on, no noise at all; 31 points 10 s apart.
+        let series = |start: u64, est: bool| -> Vec<Snapshot> {
+            (0..=30u64)
+                .map(|i| {
+                    let t = i * 10_000;
+                    let live = 10 * MB * t.saturating_sub(start) / 60_000;
+                    let s = snap(i + 1, t, live, &[("leak", live)]);
+                    if est {
+                        sampled(s)
+                    } else {
+                        s
+                    }
+                })
+                .collect()
+        };
+        for (age_s, exact_min, exact_max) in [(120, 3.0, 4.0), (180, 6.0, 7.0), (240, 8.5, 9.5)] {
+            let start = 300_000 - age_s * 1000;
+            let exact = report(&series(start, false), 300).callsites[0].graded_mb_per_min;
+            let sampled = report(&series(start, true), 300).callsites[0].graded_mb_per_min;
+            // The flat points before the leak scatter around the line.
+            assert!(exact > exact_min && exact < exact_max, "{age_s} s: {exact}");
+            assert!(
+                sampled < exact - 0.3,
+                "{age_s} s: {sampled} against {exact}"
+            );
+        }
+        // From start to end in the window: on its line, graded at its rate.
+        let r = report(&series(0, true), 300);
+        assert!((r.callsites[0].graded_mb_per_min - 10.0).abs() < 1e-6);
     }
 
     #[test]

@@ -175,12 +175,17 @@ pub fn sampling() -> Sampling {
     }
 }
 
-/// Seeds the samplers, for reproducible sampled runs: after this call, the
-/// calling thread samples from a sequence that depends only on `seed` and on
-/// its shard's position (threads lease shards in the order they first
-/// allocate), so the same program allocating the same sequence of sizes
-/// samples the same allocations on every run. The calling thread reseeds at
-/// its next allocation; other threads reseed at their next sample.
+/// Seeds the samplers, for reproducible sampled runs: after this call, each
+/// counter shard samples from a sequence that depends only on `seed` and on
+/// the shard's position. A thread leases the lowest free shard when it
+/// first allocates, and a thread that takes over a shard another has
+/// returned carries on that shard's sequence. So a program allocating the
+/// same sequence of sizes samples the same allocations on every run when
+/// its threads start and end in the same order (the main thread alone, or
+/// threads each joined before the next starts); threads that start and end
+/// concurrently may take other shards from run to run. The calling thread
+/// reseeds at its next allocation; other threads reseed at their next
+/// sample.
 ///
 /// # Example
 ///

@@ -14,7 +14,8 @@
 //! *eviction*). A thread on the shared fallback shard adds to the shared
 //! counters directly.
 //!
-//! Readers ([`read_with`]) add every cache's figures to the shared ones. A
+//! Readers ([`read_with`]) add the figures of every cache of a shard ever
+//! leased (no thread has written the others) to the shared ones. A
 //! pending figure is a counter like any other (it only grows), except
 //! during an eviction, when its value moves from the entry to the shared
 //! counter: a reader that read the entry before the move and the shared
@@ -183,7 +184,8 @@ const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// the child. Async-signal-safe: atomic stores only.
 pub(super) fn after_fork_in_child() {
     READERS.store(0, Relaxed);
-    for cache in &CACHES {
+    // A cache in the middle of an eviction belongs to a shard ever leased.
+    for cache in CACHES.get(..counters::leased_high()).unwrap_or(&[]) {
         let seq = cache.seq.load(Relaxed);
         if seq & 1 == 1 {
             cache.seq.store(seq.wrapping_add(1), Relaxed);
