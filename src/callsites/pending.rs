@@ -90,6 +90,11 @@ impl Cache {
 
 static CACHES: [Cache; SHARDS] = [const { Cache::new() }; SHARDS];
 
+/// The caches of the shards ever leased: no thread has written the others.
+fn used() -> &'static [Cache] {
+    CACHES.get(..counters::leased_high()).unwrap_or(&[])
+}
+
 /// Readings in progress: while it is not zero, holders do not evict.
 static READERS: AtomicUsize = AtomicUsize::new(0);
 
@@ -185,7 +190,7 @@ const EVICTION_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 pub(super) fn after_fork_in_child() {
     READERS.store(0, Relaxed);
     // A cache in the middle of an eviction belongs to a shard ever leased.
-    for cache in CACHES.get(..counters::leased_high()).unwrap_or(&[]) {
+    for cache in used() {
         let seq = cache.seq.load(Relaxed);
         if seq & 1 == 1 {
             cache.seq.store(seq.wrapping_add(1), Relaxed);
@@ -216,8 +221,8 @@ impl Drop for Reading {
 pub(super) fn read_with<T>(read_shared: impl FnOnce() -> T) -> (T, Vec<(u32, [u64; 4])>) {
     let _reading = Reading::announce();
     let start = std::time::Instant::now();
-    // The caches of shards ever leased: no thread has written the others.
-    let used = CACHES.get(..counters::leased_high()).unwrap_or(&[]);
+    // One slice for both loops, though more shards may be leased meanwhile.
+    let used = used();
     for cache in used {
         // SeqCst, after the SeqCst announcement: either this load sees a
         // holder's odd number, or that holder sees the announcement (see
@@ -245,7 +250,7 @@ pub(super) fn read_with<T>(read_shared: impl FnOnce() -> T) -> (T, Vec<(u32, [u6
 /// Bytes of the caches of the shards ever leased (static; the others are
 /// zero pages no thread has written).
 pub(super) fn static_bytes() -> usize {
-    counters::leased_high() * std::mem::size_of::<Cache>()
+    std::mem::size_of_val(used())
 }
 
 #[cfg(test)]
