@@ -97,7 +97,7 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 /// ```
 pub fn set_sampling(sampling: Sampling) {
     EXPLICIT.store(true, Relaxed);
-    store_sampling(sampling);
+    store_sampling(sampling, true);
 }
 
 /// Settings made with [`set_sampling`] win over the tracker's builder, even
@@ -109,10 +109,12 @@ pub(crate) fn is_exact() -> bool {
     MODE.load(Relaxed) == MODE_ALL
 }
 
-/// Applies the tracker builder's mode unless one was set at run time.
+/// Applies the tracker builder's mode unless one was set at run time. Not
+/// a switch ([`mode_changes`]): it happens at the program's first
+/// allocation, before anything was sampled.
 pub(crate) fn configure(sampling: Sampling) {
     if !EXPLICIT.load(Relaxed) {
-        store_sampling(sampling);
+        store_sampling(sampling, false);
     }
 }
 
@@ -125,7 +127,9 @@ pub(crate) fn mode_changes() -> u64 {
     MODE_CHANGES.load(Relaxed)
 }
 
-fn store_sampling(sampling: Sampling) {
+/// Puts `sampling` in force; a change of mode or interval counts as a
+/// switch if `switch`.
+fn store_sampling(sampling: Sampling, switch: bool) {
     if sampling != Sampling::Off {
         prefault_once();
     }
@@ -133,7 +137,7 @@ fn store_sampling(sampling: Sampling) {
         Sampling::Bytes(n) => Sampling::Bytes(n.max(1)),
         other => other,
     };
-    if stored != self::sampling() {
+    if switch && stored != self::sampling() {
         MODE_CHANGES.fetch_add(1, Relaxed);
     }
     match stored {

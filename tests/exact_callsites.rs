@@ -42,6 +42,9 @@ fn exact_mode_attributes_to_the_right_functions() {
 
     let snap = heapwatch::snapshot();
     assert_eq!(snap.mode, "all");
+    // The builder's mode, applied at the first allocation, is not a switch
+    // (no test in this process calls `set_sampling`).
+    assert_eq!(snap.sampling_changes, 0);
     let s = site(&snap, "make_small_buffers");
     assert_eq!(s.len(), 1, "one callsite for the boxes: {s:#?}");
     assert_eq!((s[0].allocations, s[0].allocated_bytes), (300, 300 * 48));
