@@ -83,7 +83,9 @@ pub struct Snapshot {
     /// The mean sampling interval when `mode` is `"bytes"`.
     pub sample_interval_bytes: Option<u64>,
     /// How many times the sampling mode (or its interval) had changed in
-    /// this process when the snapshot was taken ([`set_sampling`](crate::set_sampling)).
+    /// this process when the snapshot was taken ([`set_sampling`](crate::set_sampling);
+    /// the tracker builder's mode, applied at the first allocation, is not
+    /// a change).
     /// Two snapshots of one process with different counts straddle a
     /// switch: their callsite figures were recorded differently (blocks
     /// allocated while `"off"` are never attributed, and a callsite's
@@ -551,10 +553,17 @@ fn run_id() -> String {
 
 static INNER_IS_JEMALLOC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Remembers whether the inner allocator is jemalloc (from its type name).
+/// Remembers whether the inner allocator is jemalloc, from its type name
+/// (`A` of `Tracker<A>`).
 pub(crate) fn note_inner_type(type_name: &str) {
-    let is = type_name.contains("Jemalloc");
-    INNER_IS_JEMALLOC.store(is, Relaxed);
+    INNER_IS_JEMALLOC.store(names_jemalloc(type_name), Relaxed);
+}
+
+/// Whether a type's name is tikv-jemallocator's `Jemalloc`, or a type
+/// generic over it (a wrapper of the program's). By its full path: a
+/// program's own type that merely has "Jemalloc" in its name is not it.
+fn names_jemalloc(type_name: &str) -> bool {
+    type_name.contains("tikv_jemallocator::Jemalloc")
 }
 
 #[cfg(feature = "jemalloc")]
@@ -604,5 +613,22 @@ fn other_document(json: &str) -> Option<&'static str> {
         Some("a leak report (/heap/leaks); save /heap instead")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jemalloc_is_known_by_its_path() {
+        #[cfg(feature = "jemalloc")]
+        assert!(names_jemalloc(std::any::type_name::<
+            tikv_jemallocator::Jemalloc,
+        >()));
+        assert!(names_jemalloc("app::Counting<tikv_jemallocator::Jemalloc>"));
+        assert!(!names_jemalloc("app::NotJemallocJustSystem"));
+        assert!(!names_jemalloc(std::any::type_name::<std::alloc::System>()));
+        assert!(!names_jemalloc("dhat::Alloc"));
     }
 }
