@@ -153,6 +153,21 @@ pub use snapshot::{
 pub use symbolize::Frame;
 pub use tracker::{installed, Tracker};
 
+/// tikv-jemallocator's `Jemalloc` (feature `jemalloc`), the version
+/// heapwatch links: `Tracker<heapwatch::Jemalloc>` needs no dependency of
+/// the program's own on tikv-jemallocator. A program can link only one
+/// jemalloc, so one that depends on tikv-jemallocator itself needs the same
+/// version (0.7), or heapwatch without its default features.
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: heapwatch::Tracker<heapwatch::Jemalloc> =
+///     heapwatch::Tracker::new(heapwatch::Jemalloc);
+/// # fn main() { assert!(heapwatch::snapshot().allocator.is_some()); }
+/// ```
+#[cfg(feature = "jemalloc")]
+pub use tikv_jemallocator::Jemalloc;
+
 // The README's examples use jemalloc and the endpoint: they are tested
 // with the default features (and the README's `--all-features`).
 #[cfg(all(doctest, feature = "jemalloc", feature = "server"))]
