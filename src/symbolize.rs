@@ -624,20 +624,52 @@ fn trim(groups: &[Arc<[Frame]>], depth: usize) -> Vec<Frame> {
     out
 }
 
+/// The crates whose frames stand between the standard library's code that
+/// allocates and the allocator: `alloc::alloc::alloc`, `RawVec`, `Box::new`,
+/// `Arc::new`, `hashbrown`'s tables (and `core`'s generic glue).
+const ALLOCATION_CRATES: &[&str] = &["alloc::", "core::", "hashbrown::"];
+
 /// The frames of a stack in which no frame above the thread entry is the
 /// user's (`above`, the stack down to the entry): the standard library
 /// allocating on its own (a test harness's threads), or the runtime before
 /// `main`. The standard library's frames are kept then, since they are all
-/// there is to show, from the first below heapwatch's and the allocator
-/// shims (whose file and line are the program's `#[global_allocator]`
-/// item), at most `depth` addresses, and as for any stack nothing from the
-/// thread entry down. If heapwatch's frames are all there is above the
-/// entry, the whole stack less heapwatch's frames.
+/// there is to show, from the first that allocates: below heapwatch's, the
+/// allocator shims (whose file and line are the program's
+/// `#[global_allocator]` item) and the allocation plumbing of the `alloc`,
+/// `core` and `hashbrown` crates, so that a `std` function such as
+/// `std::rt::init` leads, not `alloc::alloc::alloc`. At most `depth`
+/// addresses, and as for any stack nothing from the thread entry down. If
+/// there is no such frame above the entry, the same from the first frame
+/// below heapwatch's and the shims; and if heapwatch's frames are all there
+/// is above the entry, the whole stack less heapwatch's frames.
 fn library_only(groups: &[Arc<[Frame]>], above: &[&[Frame]], depth: usize) -> Vec<Frame> {
     fn own(f: &Frame) -> bool {
         let name = f.function.trim_start_matches('<');
         OWN.iter().chain(SHIMS).any(|p| name.starts_with(p))
     }
+    fn allocating(f: &Frame) -> bool {
+        let name = f.function.trim_start_matches('<');
+        own(f) || ALLOCATION_CRATES.iter().any(|p| name.starts_with(p))
+    }
+    let out = library_frames(above, depth, allocating);
+    if !out.is_empty() {
+        return out;
+    }
+    let out = library_frames(above, depth, own);
+    if !out.is_empty() {
+        return out;
+    }
+    groups
+        .iter()
+        .flat_map(|g| g.iter())
+        .skip_while(|f| own(f))
+        .cloned()
+        .collect()
+}
+
+/// At most `depth` addresses of `above`, from the first frame that is not
+/// `skipped`.
+fn library_frames(above: &[&[Frame]], depth: usize, skipped: fn(&Frame) -> bool) -> Vec<Frame> {
     let mut out = Vec::new();
     let mut kept = 0;
     for group in above {
@@ -645,7 +677,7 @@ fn library_only(groups: &[Arc<[Frame]>], above: &[&[Frame]], depth: usize) -> Ve
             break;
         }
         if kept == 0 {
-            out.extend(group.iter().skip_while(|f| own(f)).cloned());
+            out.extend(group.iter().skip_while(|f| skipped(f)).cloned());
             if out.is_empty() {
                 continue;
             }
@@ -653,14 +685,6 @@ fn library_only(groups: &[Arc<[Frame]>], above: &[&[Frame]], depth: usize) -> Ve
             out.extend(group.iter().cloned());
         }
         kept += 1;
-    }
-    if out.is_empty() {
-        out = groups
-            .iter()
-            .flat_map(|g| g.iter())
-            .skip_while(|f| own(f))
-            .cloned()
-            .collect();
     }
     out
 }
@@ -922,24 +946,42 @@ mod tests {
             one(entry, Some("library/std/src/sys/backtrace.rs")),
             one("start_thread", None),
         ];
-        // The allocator shim's frame goes too: its file and line are the
-        // program's `#[global_allocator]` item, not an allocation of its.
-        assert_eq!(
-            names(trim(&std_only, 16)),
-            [
-                "alloc::alloc::alloc",
+        // The allocator shim's frame goes too (its file and line are the
+        // program's `#[global_allocator]` item, not an allocation of its),
+        // and so does the allocation plumbing: the function that allocates
+        // leads.
+        assert_eq!(names(trim(&std_only, 16)), ["test::run_test"]);
+        assert_eq!(names(trim(&std_only, 1)), ["test::run_test"]);
+        // Plumbing all the way down to the entry: shown from below the shim.
+        let plumbing_only = vec![
+            one("__rustc::__rust_alloc", Some("tests/app.rs")),
+            one("alloc::alloc::alloc", Some("library/alloc/src/alloc.rs")),
+            one(
                 "alloc::raw_vec::RawVec::grow_one",
-                "test::run_test"
-            ]
-        );
+                Some("library/alloc/src/raw_vec.rs"),
+            ),
+            one(entry, Some("library/std/src/sys/backtrace.rs")),
+        ];
         assert_eq!(
-            names(trim(&std_only, 2)),
+            names(trim(&plumbing_only, 16)),
             ["alloc::alloc::alloc", "alloc::raw_vec::RawVec::grow_one"]
         );
         // Before the program's `main`, the runtime setting up: its frames
         // above the C `main`, to the depth.
         let runtime = vec![
             one("__rustc::__rust_alloc", None),
+            [
+                f("alloc::alloc::alloc", Some("library/alloc/src/alloc.rs")),
+                f(
+                    "<alloc::alloc::Global as core::alloc::Allocator>::allocate",
+                    Some("library/alloc/src/alloc.rs"),
+                ),
+                f(
+                    "alloc::sync::Arc<T>::new",
+                    Some("library/alloc/src/sync.rs"),
+                ),
+            ]
+            .into(),
             one("std::rt::init", Some("library/std/src/rt.rs")),
             one(
                 "std::rt::lang_start_internal",
