@@ -100,10 +100,12 @@ fn is_number(s: &str) -> bool {
     s[1..].chars().all(|c| c.is_ascii_digit() || c == '.') && s.len() > 1
 }
 
-/// Parses a positive integer option.
+/// Parses a positive integer option; one past what a machine can count
+/// stands for "all" (`usize::MAX`), as the endpoint's `top` does.
 pub fn positive(command: &'static str, name: &str, value: &str) -> Result<usize, Failure> {
     match value.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(usize::MAX),
         _ => Err(Failure::usage(
             Some(command),
             format!("--{name} must be a positive integer, not {value:?}"),
@@ -111,7 +113,11 @@ pub fn positive(command: &'static str, name: &str, value: &str) -> Result<usize,
     }
 }
 
-/// Parses a duration in seconds (fractions allowed), at least `min`.
+/// The longest duration an option takes: a year.
+const MAX_SECONDS: f64 = 86_400.0 * 365.0;
+
+/// Parses a duration in seconds (fractions allowed), at least `min` and
+/// at most a year.
 pub fn seconds(
     command: &'static str,
     name: &str,
@@ -122,13 +128,14 @@ pub fn seconds(
         Failure::usage(
             Some(command),
             format!(
-                "--{name} must be a number of seconds of at least {}, not {value:?}",
+                "--{name} must be a number of seconds from {} to {MAX_SECONDS} (a year), \
+                 not {value:?}",
                 min.as_secs_f64()
             ),
         )
     };
     let secs: f64 = value.parse().map_err(|_| bad())?;
-    if !secs.is_finite() || secs > 86_400.0 * 365.0 {
+    if !secs.is_finite() || secs > MAX_SECONDS {
         return Err(bad());
     }
     let d = Duration::from_secs_f64(secs.max(0.0));
@@ -205,9 +212,19 @@ mod tests {
         assert!(positive("t", "top", "0").is_err());
         assert!(positive("t", "top", "x").is_err());
         assert_eq!(positive("t", "top", "7").unwrap(), 7);
+        assert_eq!(
+            positive("t", "top", "99999999999999999999999").unwrap(),
+            usize::MAX
+        );
+        assert!(positive("t", "top", "-99999999999999999999999").is_err());
         let min = Duration::from_millis(100);
         assert!(seconds("t", "interval", "0.05", min).is_err());
         assert!(seconds("t", "interval", "NaN", min).is_err());
+        let too_long = format!("{:?}", seconds("t", "timeout", "1e9", min).unwrap_err());
+        assert!(
+            too_long.contains("from 0.1 to 31536000 (a year)"),
+            "{too_long}"
+        );
         assert_eq!(
             seconds("t", "interval", "1.5", min).unwrap(),
             Duration::from_millis(1500)
