@@ -214,7 +214,14 @@ fn bad_requests_get_json_errors() {
         ("/heap?color=blue", &["color"]),
         ("/heap?top=1&top=2", &["top"]),
         ("/heap/history?x=1", &["x"]),
-        ("/heap/diff?base=abc", &["base", "abc"]),
+        (
+            "/heap/diff?base=abc",
+            &["base", "abc", "non-negative integer"],
+        ),
+        (
+            "/heap/diff?base=99999999999999999999999",
+            &["base", "no snapshot has an id this large"],
+        ),
         ("/heap/diff?base=1&to=later", &["to", "later"]),
         ("/heap/leaks?top=many", &["top", "many"]),
         ("/metrics?token=abc", &["token"]),
@@ -482,9 +489,19 @@ fn requests_to_other_host_names_are_refused() {
     assert_error(&r, 400, &["more than one Host header"]);
     let r = exchange(addr, b"GET /heap HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert_error(&r, 400, &["needs a Host header"]);
-    // An absolute request target names a host too.
+    // An absolute request target names a host too, held to the same
+    // `host[:port]` as `Host`.
     let r = with_host("http://evil.example/heap", "localhost");
     assert_error(&r, 403, &["evil.example"]);
+    for target in ["http://user@localhost/heap", "http://localhost:99999/heap"] {
+        let r = with_host(target, "localhost");
+        assert_error(&r, 400, &["request target's authority", "not a host name"]);
+        assert!(!r.contains("callsites"), "{r}");
+    }
+    // An empty `Host` is valid HTTP (a target with no authority) but names
+    // no loopback host.
+    let r = with_host("/heap", "");
+    assert_error(&r, 403, &["\"\" is not a loopback name"]);
 
     for host in [
         "localhost".to_string(),
@@ -593,4 +610,34 @@ fn a_client_that_stops_reading_loses_its_slot() {
     assert!(until_status(addr, 200), "the stalled client kept the slot");
     drop(stalled);
     server.shutdown();
+}
+
+#[test]
+fn allowed_host_names_that_cannot_match_are_refused() {
+    for (host, why) in [
+        ("heap.internal:8080", "without a port"),
+        ("[::1]:8080", "without a port"),
+        ("not a name", "not a host name"),
+        ("", "not a host name"),
+    ] {
+        let e = ServerBuilder::new()
+            .addr("127.0.0.1:0")
+            .allow_host(host)
+            .serve()
+            .map(|s| s.shutdown())
+            .expect_err(host);
+        assert!(
+            matches!(&e, heapwatch::Error::InvalidAllowedHost { host: h, .. } if h == host),
+            "{host}: {e:?}"
+        );
+        assert!(e.to_string().contains(why), "{host}: {e}");
+    }
+    for host in ["heap.internal", "10.0.0.5", "[fd00::1]"] {
+        let server = ServerBuilder::new()
+            .addr("127.0.0.1:0")
+            .allow_host(host)
+            .serve()
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        server.shutdown();
+    }
 }

@@ -318,6 +318,11 @@ impl ServerBuilder {
     /// # server.shutdown();
     /// # Ok::<(), heapwatch::Error>(())
     /// ```
+    ///
+    /// The name is a host name or address without a port (`heap.internal`,
+    /// `10.0.0.5`, `[fd00::1]`): requests to it on any port are answered.
+    /// [`serve`](ServerBuilder::serve) refuses any other with
+    /// [`Error::InvalidAllowedHost`].
     pub fn allow_host(mut self, host: impl Into<String>) -> ServerBuilder {
         never_refused(|| self.allowed_hosts.push(host.into().to_ascii_lowercase()));
         self
@@ -334,7 +339,10 @@ impl ServerBuilder {
     /// [`Error::Io`] when the address does not resolve or cannot be bound,
     /// or the server thread or its runtime cannot start;
     /// [`Error::NonLoopbackAddress`] for an address other than loopback
-    /// without [`allow_non_loopback`](ServerBuilder::allow_non_loopback).
+    /// without [`allow_non_loopback`](ServerBuilder::allow_non_loopback);
+    /// [`Error::InvalidAllowedHost`] for a name given to
+    /// [`allow_host`](ServerBuilder::allow_host) with a port, or that is
+    /// not a host name or address.
     pub fn serve(self) -> Result<ServerHandle, Error> {
         // Called to see why memory is short, this must not abort the
         // program over its budget.
@@ -354,6 +362,14 @@ impl ServerBuilder {
         if !self.allow_non_loopback {
             if let Some(addr) = addrs.iter().find(|a| !a.ip().is_loopback()) {
                 return Err(Error::NonLoopbackAddress { addr: *addr });
+            }
+        }
+        for host in &self.allowed_hosts {
+            if let Some(reason) = routes::bad_allowed_host(host) {
+                return Err(Error::InvalidAllowedHost {
+                    host: host.clone(),
+                    reason: reason.to_string(),
+                });
             }
         }
         let listener = TcpListener::bind(&addrs[..])

@@ -444,8 +444,13 @@ async fn diff(state: &State, query: &HashMap<String, String>) -> Result<Resp, Ap
 }
 
 fn parse_id(name: &str, v: &str) -> Result<u64, ApiError> {
-    v.parse::<u64>().map_err(|_| {
-        ApiError::bad_param(name, v, "expected a snapshot id (a non-negative integer)")
+    v.parse::<u64>().map_err(|e| {
+        let why = if *e.kind() == std::num::IntErrorKind::PosOverflow {
+            "no snapshot has an id this large (ids are at most 2^64 - 1)"
+        } else {
+            "expected a snapshot id (a non-negative integer)"
+        };
+        ApiError::bad_param(name, v, why)
     })
 }
 
@@ -524,8 +529,19 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 /// What is wrong with a request's `Host` header by RFC 9112, section 3.2
 /// (which has a server answer `400`): more than one, none in an HTTP/1.1
 /// request, or a value that is not `host[:port]`. An empty value is allowed
-/// (the host check then refuses it), as is no `Host` in HTTP/1.0.
+/// (the host check then refuses it), as is no `Host` in HTTP/1.0. An
+/// absolute request target's authority (`GET http://host:port/heap`) is
+/// held to the same `host[:port]`: it names the host as `Host` does.
 fn bad_host_header(req: &Request<Incoming>) -> Option<String> {
+    if let Some(authority) = req.uri().authority() {
+        if authority.as_str().is_empty() || !is_host_and_port(authority.as_str().as_bytes()) {
+            return Some(format!(
+                "the request target's authority {:?} is not a host name or address with an \
+                 optional port",
+                authority.as_str()
+            ));
+        }
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Some("more than one Host header".to_string()),
@@ -573,6 +589,22 @@ fn is_host_and_port(value: &[u8]) -> bool {
         Some("") => true,
         Some(digits) => digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok(),
     }
+}
+
+/// Why a name given to `ServerBuilder::allow_host` could never match a
+/// request's host, if it could not.
+pub(super) fn bad_allowed_host(host: &str) -> Option<&'static str> {
+    if !is_host_and_port(host.as_bytes()) || host.is_empty() {
+        return Some("not a host name or address");
+    }
+    let bare = match host.strip_prefix('[') {
+        Some(v6) => v6.ends_with(']'),
+        None => !host.contains(':'),
+    };
+    if !bare {
+        return Some("give the name without a port (requests to it on any port are answered)");
+    }
+    None
 }
 
 /// RFC 3986's `reg-name` (which an IPv4 address also is), not empty:
