@@ -71,12 +71,15 @@ impl Budget {
     pub const UNLIMITED: Budget = Budget(UNLIMITED);
 
     /// A budget of `bytes` bytes. `u64::MAX` bytes is [`Budget::UNLIMITED`].
+    /// Zero is a budget of nothing, not "no budget" (the environment
+    /// variable's `0` is): every allocation is refused.
     pub const fn from_bytes(bytes: u64) -> Budget {
         Budget(bytes)
     }
 
     /// A budget of `mb` mebibytes (saturating: a size past `u64::MAX`
-    /// bytes is [`Budget::UNLIMITED`]).
+    /// bytes is [`Budget::UNLIMITED`]). `from_mb(0)` refuses every
+    /// allocation, as [`from_bytes`](Budget::from_bytes)`(0)` does.
     pub const fn from_mb(mb: u64) -> Budget {
         Budget(mb.saturating_mul(1 << 20))
     }
@@ -315,8 +318,13 @@ pub enum BudgetLevel {
     Critical = 2,
     /// The reservation (live bytes plus the credit threads hold) went over
     /// the budget, and has not since fallen 2% of the budget below it:
-    /// possible only with [`Policy::Warn`], or after the budget was lowered
-    /// below the reservation.
+    /// with [`Policy::Warn`]; after the budget was lowered below the
+    /// reservation; or under [`Policy::Refuse`] through what is never
+    /// refused and counted as an overage instead (a panicking thread's
+    /// allocations, such as std's backtrace printer and the debug info it
+    /// keeps; the [`Snapshot`](crate::Snapshot) that
+    /// [`snapshot`](crate::snapshot) returns and what its methods make;
+    /// what a [`watch_budget`](crate::watch_budget) callback allocates).
     Exceeded = 3,
 }
 

@@ -203,6 +203,18 @@ fn yes() -> bool {
 pub struct Leak(pub GrowthReport);
 
 impl GrowthReport {
+    /// Whether the growing stacks have frames but none with a file: the
+    /// binary has no debug information (symbol names only).
+    fn without_debug_info(&self) -> bool {
+        let mut frames = self
+            .top_growing
+            .iter()
+            .chain(&self.elsewhere_growing)
+            .flat_map(|c| c.frames.iter())
+            .peekable();
+        frames.peek().is_some() && frames.all(|f| f.file.is_none())
+    }
+
     fn describe(&self) -> String {
         let mut s = format!(
             "live memory kept growing: +{} bytes over {} iterations ({} of them grew)",
@@ -216,6 +228,13 @@ impl GrowthReport {
             s.push_str(
                 "; callsites are not recorded under Sampling::Off \
                  (set Sampling::All to have the growing ones named)",
+            );
+        } else if self.top_growing.is_empty() && self.without_debug_info() {
+            s.push_str(
+                "; no growing callsite under the closure was recorded, and the frames have \
+                 no file or line: without debug info a closure inlined into its caller has \
+                 no frame to match (build the tests with debug = 1 in their profile, \
+                 `[profile.release]` for `cargo test --release`)",
             );
         } else if self.top_growing.is_empty() {
             s.push_str(if self.sampled {
@@ -535,6 +554,43 @@ mod tests {
         assert!(exact.contains("capture depth"), "{exact}");
         let sampled = Leak(report(true, false)).to_string();
         assert!(sampled.contains("was sampled"), "{sampled}");
+    }
+
+    #[test]
+    fn a_leak_in_a_build_without_debug_info_says_so() {
+        let at = |file: Option<&str>| crate::diff::CallsiteDelta {
+            id: "1".into(),
+            frames: vec![crate::Frame {
+                function: "app::Cache::remember".into(),
+                file: file.map(str::to_string),
+                line: file.map(|_| 7),
+            }]
+            .into(),
+            change: crate::diff::Change::Both,
+            live_bytes: 40960,
+            live_bytes_delta: 40960,
+            live_blocks_delta: 10,
+            allocations: 10,
+            allocated_bytes: 40960,
+            frees: 0,
+        };
+        let report = |file| GrowthReport {
+            iterations: 10,
+            growing_iterations: 10,
+            total_growth_bytes: 40960,
+            per_iteration_bytes: vec![4096; 10],
+            top_growing: Vec::new(),
+            elsewhere_growing: vec![at(file)],
+            sampled: false,
+            sampling_off: false,
+            nameable: true,
+        };
+        let stripped = Leak(report(None)).to_string();
+        assert!(stripped.contains("without debug info"), "{stripped}");
+        assert!(stripped.contains("app::Cache::remember"), "{stripped}");
+        let with_lines = Leak(report(Some("src/cache.rs"))).to_string();
+        assert!(!with_lines.contains("debug info"), "{with_lines}");
+        assert!(with_lines.contains("capture depth"), "{with_lines}");
     }
 
     #[test]

@@ -113,6 +113,11 @@ impl<A> Tracker<A> {
     /// budget), when set and not empty, overrides this: it is read once, at
     /// the process's first allocation (before `main`), without allocating.
     /// [`set_budget`](crate::set_budget) overrides both at run time.
+    ///
+    /// It applies from the process's first allocation, before `main`: a
+    /// budget smaller than what the runtime allocates before `main` (a few
+    /// hundred bytes; `Budget::from_mb(0)` refuses everything) aborts the
+    /// process there, with "memory allocation of N bytes failed".
     #[must_use]
     pub const fn with_budget(mut self, budget: Budget) -> Tracker<A> {
         self.config.budget = budget;
