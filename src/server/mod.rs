@@ -309,6 +309,11 @@ impl ServerBuilder {
     /// rebinding. Add the name a local proxy forwards under, if it keeps
     /// the client's. A server bound to other addresses does not check.
     ///
+    /// The name is a host name or address without a port (`heap.internal`,
+    /// `10.0.0.5`, `[fd00::1]`): requests to it on any port are answered.
+    /// [`serve`](ServerBuilder::serve) refuses any other with
+    /// [`Error::InvalidAllowedHost`].
+    ///
     /// # Example
     ///
     /// ```
@@ -318,11 +323,6 @@ impl ServerBuilder {
     /// # server.shutdown();
     /// # Ok::<(), heapwatch::Error>(())
     /// ```
-    ///
-    /// The name is a host name or address without a port (`heap.internal`,
-    /// `10.0.0.5`, `[fd00::1]`): requests to it on any port are answered.
-    /// [`serve`](ServerBuilder::serve) refuses any other with
-    /// [`Error::InvalidAllowedHost`].
     pub fn allow_host(mut self, host: impl Into<String>) -> ServerBuilder {
         never_refused(|| self.allowed_hosts.push(host.into().to_ascii_lowercase()));
         self
