@@ -50,7 +50,12 @@ fn threads_beyond_the_shards_count_exactly_and_are_reported() {
                     barrier.wait();
                     overflow_worker_blocks(i)
                 })
-                .expect("spawn")
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "spawning thread {i} of {THREADS}: {e} (this test needs them all \
+                         alive at once: check `ulimit -u` and the cgroup's pids.max)"
+                    )
+                })
         })
         .collect();
     let kept: Vec<Vec<Box<[u8]>>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
