@@ -82,18 +82,16 @@ pub fn fetch(client: &Client, url: &Url) -> Result<(Snapshot, Duration), HttpErr
         }
         return Err(fail(m));
     }
+    let kind = response.header("content-type").unwrap_or("no content-type");
     let body = std::str::from_utf8(&response.body).map_err(|_| {
-        let kind = response.header("content-type").unwrap_or("no content-type");
         fail(format!(
             "the response is not a JSON snapshot but {} bytes of binary data ({kind}); \
              `heapwatch get` reads /heap (save a pprof profile with curl -o)",
             response.body.len()
         ))
     })?;
-    let snapshot = Snapshot::from_json(body).map_err(|e| {
-        let kind = response.header("content-type").unwrap_or("no content-type");
-        fail(format!("{e} (got {kind}, {} bytes)", body.len()))
-    })?;
+    let snapshot = Snapshot::from_json(body)
+        .map_err(|e| fail(format!("{e} (got {kind}, {} bytes)", body.len())))?;
     Ok((snapshot, latency))
 }
 
