@@ -593,10 +593,16 @@ pub struct BudgetEvent {
     pub status: BudgetStatus,
 }
 
-/// Stops the watcher thread and joins it when dropped (in the child of a
-/// `fork`, which does not have the thread, dropping an inherited watcher
-/// does nothing).
+/// The running watcher, from [`watch_budget`]. Stops the watcher thread
+/// and joins it when dropped (in the child of a `fork`, which does not
+/// have the thread, dropping an inherited watcher does nothing).
+///
+/// So keep the handle for as long as the callback should be called: bind
+/// it to a named variable (`let _watch = heapwatch::watch_budget(..);`:
+/// not `let _ = ...`, which drops it at once), or, to watch for the whole
+/// life of the process, hand it to [`std::mem::forget`].
 #[derive(Debug)]
+#[must_use = "dropping a BudgetWatch stops the watcher: keep it for as long as the callback should be called"]
 pub struct BudgetWatch {
     stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
     thread: Option<crate::threads::OwnThread>,

@@ -84,7 +84,8 @@ content-length: 58\r\n\
 
 /// Starts the HTTP endpoint on `addr` with the default settings (see
 /// [`ServerBuilder`]). The address must be loopback; `HEAPWATCH_TOKEN`, if
-/// set and not empty, is required as a bearer token.
+/// set and not empty, is required as a bearer token. The server runs until
+/// the returned [`ServerHandle`] is dropped or shut down.
 ///
 /// # Errors
 ///
@@ -671,7 +672,24 @@ async fn history_task(state: Arc<State>) {
 /// Dropping it stops the server as [`ServerHandle::shutdown`] does. In
 /// the child of a `fork`, which has none of the server's threads, dropping
 /// (or shutting down) an inherited handle does nothing.
+///
+/// So keep the handle for as long as the server should run. To serve for
+/// the whole life of the process, bind it to a named variable in `main`
+/// (`let _server = heapwatch::serve(addr)?;`: not `let _ = ...`, which
+/// drops it at once), or hand it to [`std::mem::forget`], after which the
+/// server runs until the process exits.
+///
+/// # Example
+///
+/// ```no_run
+/// fn main() -> Result<(), heapwatch::Error> {
+///     let _server = heapwatch::serve("127.0.0.1:7878")?; // serves until main returns
+///     // ... the service runs ...
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug)]
+#[must_use = "dropping a ServerHandle stops the server: keep it for as long as the server should run"]
 pub struct ServerHandle {
     local_addr: SocketAddr,
     thread: Option<OwnThread>,
