@@ -45,6 +45,20 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A bearer token for the endpoint that is empty or only whitespace,
+    /// given to `ServerBuilder::token(Some(..))` (`from_env: false`) or read
+    /// from a `HEAPWATCH_TOKEN` of only whitespace (`from_env: true`).
+    /// An empty token would protect nothing, and one of only whitespace
+    /// could never be sent (an `Authorization` header's value loses its
+    /// surrounding whitespace). An empty `HEAPWATCH_TOKEN` is not an error:
+    /// it means no token, as an unset one does. To serve without a token, pass `None` to
+    /// `ServerBuilder::token`.
+    #[error("{}", empty_token_message(*.from_env))]
+    EmptyToken {
+        /// Whether the token came from the `HEAPWATCH_TOKEN` environment
+        /// variable (else from `ServerBuilder::token`).
+        from_env: bool,
+    },
     /// The server was asked to bind an address other than loopback without
     /// [`ServerBuilder::allow_non_loopback`](crate::ServerBuilder::allow_non_loopback).
     #[error("refusing to serve heap data on non-loopback address {addr} (call ServerBuilder::allow_non_loopback(true) to allow it)")]
@@ -52,6 +66,16 @@ pub enum Error {
         /// The address that was refused.
         addr: std::net::SocketAddr,
     },
+}
+
+fn empty_token_message(from_env: bool) -> &'static str {
+    if from_env {
+        "HEAPWATCH_TOKEN holds only whitespace, which no client can send as a bearer token \
+         (set a token, or leave the variable empty or unset to serve without one)"
+    } else {
+        "ServerBuilder::token(Some(..)) was given an empty or all-whitespace token, which \
+         would not protect the endpoint (pass None to serve without a token)"
+    }
 }
 
 impl Error {

@@ -641,3 +641,89 @@ fn allowed_host_names_that_cannot_match_are_refused() {
         server.shutdown();
     }
 }
+
+/// An empty or all-whitespace token is refused, not read as "no token"
+/// (`token(Some(""))` used to serve without authentication). The
+/// environment variable's cases run in child processes of this test, since
+/// the other tests here read the variable.
+#[test]
+fn empty_tokens_are_refused() {
+    const CHILD: &str = "HEAPWATCH_TEST_TOKEN_CHILD";
+    match std::env::var(CHILD).as_deref() {
+        Ok("blank") => {
+            let e = ServerBuilder::new()
+                .addr("127.0.0.1:0")
+                .serve()
+                .map(|s| s.shutdown())
+                .expect_err("a HEAPWATCH_TOKEN of only whitespace is refused");
+            assert!(
+                matches!(e, heapwatch::Error::EmptyToken { from_env: true }),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("HEAPWATCH_TOKEN"), "{e}");
+            // `token(None)` does not read the variable.
+            let s = ServerBuilder::new()
+                .addr("127.0.0.1:0")
+                .token(None)
+                .serve()
+                .expect("token(None) serves without a token");
+            assert_good(s.local_addr(), "token(None)");
+            s.shutdown();
+            return;
+        }
+        Ok("empty") => {
+            // Set but empty: no token, as documented.
+            let s = ServerBuilder::new()
+                .addr("127.0.0.1:0")
+                .serve()
+                .expect("an empty HEAPWATCH_TOKEN means no token");
+            assert_good(s.local_addr(), "an empty HEAPWATCH_TOKEN");
+            s.shutdown();
+            return;
+        }
+        Ok("set") => {
+            let s = ServerBuilder::new()
+                .addr("127.0.0.1:0")
+                .serve()
+                .expect("serve with the variable's token");
+            let r = get(s.local_addr(), "/heap/history", "");
+            assert_error(&r, 401, &["token"]);
+            let r = get(
+                s.local_addr(),
+                "/heap/history",
+                "Authorization: Bearer from env\r\n",
+            );
+            assert_eq!(status(&r), Some(200), "{r}");
+            s.shutdown();
+            return;
+        }
+        _ => {}
+    }
+    for token in ["", " ", "\t \r\n"] {
+        let e = ServerBuilder::new()
+            .addr("127.0.0.1:0")
+            .token(Some(token.to_string()))
+            .serve()
+            .map(|s| s.shutdown())
+            .expect_err(token);
+        assert!(
+            matches!(e, heapwatch::Error::EmptyToken { from_env: false }),
+            "{token:?}: {e:?}"
+        );
+        assert!(e.to_string().contains("pass None"), "{e}");
+    }
+    for (value, mode) in [(" \t ", "blank"), ("", "empty"), ("from env", "set")] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "empty_tokens_are_refused", "--nocapture"])
+            .env(CHILD, mode)
+            .env("HEAPWATCH_TOKEN", value)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "child ({mode}) failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -84,14 +84,16 @@ content-length: 58\r\n\
 
 /// Starts the HTTP endpoint on `addr` with the default settings (see
 /// [`ServerBuilder`]). The address must be loopback; `HEAPWATCH_TOKEN`, if
-/// set and not empty, is required as a bearer token. The server runs until
+/// set and not empty, is required as a bearer token (one of only
+/// whitespace is refused: see [`ServerBuilder::token`]). The server runs until
 /// the returned [`ServerHandle`] is dropped or shut down.
 ///
 /// # Errors
 ///
 /// [`Error::Io`] when the address does not resolve or cannot be bound, or
 /// the server thread cannot start; [`Error::NonLoopbackAddress`] for an
-/// address other than loopback.
+/// address other than loopback; [`Error::EmptyToken`] for a
+/// `HEAPWATCH_TOKEN` of only whitespace.
 ///
 /// # Example
 ///
@@ -226,8 +228,14 @@ impl ServerBuilder {
     }
 
     /// Require `Authorization: Bearer <token>` on every request (`None`: no
-    /// token, even if `HEAPWATCH_TOKEN` is set). When never called, the
-    /// token is read from `HEAPWATCH_TOKEN` (if set and not empty).
+    /// token, even if `HEAPWATCH_TOKEN` is set). A token that is empty or
+    /// only whitespace is not "no token": [`serve`](ServerBuilder::serve)
+    /// refuses it with [`Error::EmptyToken`].
+    ///
+    /// When never called, the token is read from the `HEAPWATCH_TOKEN`
+    /// environment variable when the server starts: unset or empty, no
+    /// token; only whitespace, [`Error::EmptyToken`]; any other value is the
+    /// token.
     ///
     /// The dashboard page (`/`) also accepts the token as `?token=`, since a
     /// browser cannot add the header to a page load; its script then sends
@@ -343,7 +351,9 @@ impl ServerBuilder {
     /// without [`allow_non_loopback`](ServerBuilder::allow_non_loopback);
     /// [`Error::InvalidAllowedHost`] for a name given to
     /// [`allow_host`](ServerBuilder::allow_host) with a port, or that is
-    /// not a host name or address.
+    /// not a host name or address; [`Error::EmptyToken`] for a token given
+    /// to [`token`](ServerBuilder::token) that is empty or only whitespace,
+    /// or a `HEAPWATCH_TOKEN` of only whitespace.
     pub fn serve(self) -> Result<ServerHandle, Error> {
         // Called to see why memory is short, this must not abort the
         // program over its budget.
@@ -373,6 +383,23 @@ impl ServerBuilder {
                 });
             }
         }
+        let token = match self.token {
+            Some(Some(t)) if t.as_bytes().trim_ascii().is_empty() => {
+                return Err(Error::EmptyToken { from_env: false })
+            }
+            Some(t) => t.map(String::into_bytes),
+            None => match std::env::var("HEAPWATCH_TOKEN")
+                .ok()
+                .map(String::into_bytes)
+            {
+                // Set but empty: no token, as if unset.
+                Some(t) if t.is_empty() => None,
+                Some(t) if t.trim_ascii().is_empty() => {
+                    return Err(Error::EmptyToken { from_env: true })
+                }
+                t => t,
+            },
+        };
         let listener = TcpListener::bind(&addrs[..])
             .map_err(|e| Error::io(format!("binding {}", describe(&addrs)), e))?;
         let local_addr = listener
@@ -381,17 +408,12 @@ impl ServerBuilder {
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("making the listener non-blocking", e))?;
-        let token = match self.token {
-            Some(t) => t,
-            None => std::env::var("HEAPWATCH_TOKEN").ok(),
-        }
-        .filter(|t| !t.is_empty());
-
         // From here on everything lives as long as the server: allocate it
         // as heapwatch's own (it is freed under the guard too).
         let started = untracked(|| {
             let cfg = Config {
-                token: token.as_deref().map(|t| t.as_bytes().to_vec()),
+                // A copy made under the guard, as `allowed_hosts` below.
+                token: token.clone(),
                 history_interval: self.history_interval.max(Duration::from_millis(10)),
                 history_len: self.history_len.max(1),
                 history_callsites: self.history_callsites.max(1),
