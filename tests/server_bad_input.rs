@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::ffi::OsStringExt;
 use std::time::Duration;
 
 use heapwatch::{ServerBuilder, ServerHandle, Tracker};
@@ -697,6 +698,24 @@ fn empty_tokens_are_refused() {
             s.shutdown();
             return;
         }
+        Ok("non_utf8") => {
+            // A token that is not UTF-8 is still a token (it was ignored,
+            // and the endpoint served without one).
+            let s = ServerBuilder::new()
+                .addr("127.0.0.1:0")
+                .serve()
+                .expect("serve with the variable's token");
+            let r = get(s.local_addr(), "/heap/history", "");
+            assert_error(&r, 401, &["token"]);
+            let r = exchange(
+                s.local_addr(),
+                b"GET /heap/history HTTP/1.1\r\nHost: localhost\r\n\
+                  Authorization: Bearer tok\xff\r\nConnection: close\r\n\r\n",
+            );
+            assert_eq!(status(&r), Some(200), "{r}");
+            s.shutdown();
+            return;
+        }
         _ => {}
     }
     for token in ["", " ", "\t \r\n"] {
@@ -712,7 +731,15 @@ fn empty_tokens_are_refused() {
         );
         assert!(e.to_string().contains("pass None"), "{e}");
     }
-    for (value, mode) in [(" \t ", "blank"), ("", "empty"), ("from env", "set")] {
+    for (value, mode) in [
+        (" \t ".into(), "blank"),
+        ("".into(), "empty"),
+        ("from env".into(), "set"),
+        (
+            std::ffi::OsString::from_vec(b"tok\xff".to_vec()),
+            "non_utf8",
+        ),
+    ] {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "empty_tokens_are_refused", "--nocapture"])
             .env(CHILD, mode)

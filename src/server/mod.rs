@@ -43,9 +43,11 @@ mod stall;
 mod state;
 
 use std::convert::Infallible;
+use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::ffi::OsStringExt;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -235,7 +237,7 @@ impl ServerBuilder {
     /// When never called, the token is read from the `HEAPWATCH_TOKEN`
     /// environment variable when the server starts: unset or empty, no
     /// token; only whitespace, [`Error::EmptyToken`]; any other value is the
-    /// token.
+    /// token (its bytes, which need not be UTF-8).
     ///
     /// The dashboard page (`/`) also accepts the token as `?token=`, since a
     /// browser cannot add the header to a page load; its script then sends
@@ -388,10 +390,7 @@ impl ServerBuilder {
                 return Err(Error::EmptyToken { from_env: false })
             }
             Some(t) => t.map(String::into_bytes),
-            None => match std::env::var("HEAPWATCH_TOKEN")
-                .ok()
-                .map(String::into_bytes)
-            {
+            None => match std::env::var_os("HEAPWATCH_TOKEN").map(OsString::into_vec) {
                 // Set but empty: no token, as if unset.
                 Some(t) if t.is_empty() => None,
                 Some(t) if t.trim_ascii().is_empty() => {
