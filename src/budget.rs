@@ -616,7 +616,9 @@ pub struct BudgetWatch {
 /// budget spent they are let through as `budget_overages`, so that a
 /// callback reacting to a full budget cannot abort the process. A callback
 /// that panics is reported by the panic hook and called again for the next
-/// event. Polls every `interval`; stop it by dropping the returned handle.
+/// event. Polls every `interval`, at least every 10 ms (a shorter
+/// interval, zero included, is taken as 10 ms, so that the thread cannot
+/// spin on a core); stop it by dropping the returned handle.
 ///
 /// Starting the watcher works with the budget spent, too: what this call
 /// allocates is never refused, and the thread allocates nothing before
@@ -640,6 +642,7 @@ pub fn watch_budget(
     mut callback: impl FnMut(BudgetEvent) + Send + 'static,
 ) -> BudgetWatch {
     use std::sync::{Arc, Condvar, Mutex};
+    let interval = watch_interval(interval);
     // Called to react to a spent budget, this must not abort the program.
     never_refused(move || {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
@@ -692,6 +695,14 @@ pub fn watch_budget(
         .ok();
         BudgetWatch { stop, thread }
     })
+}
+
+/// The shortest interval [`watch_budget`] polls at.
+const MIN_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The interval [`watch_budget`] polls at when asked for `interval`.
+fn watch_interval(interval: std::time::Duration) -> std::time::Duration {
+    interval.max(MIN_WATCH_INTERVAL)
 }
 
 impl BudgetWatch {
@@ -1322,6 +1333,24 @@ mod tests {
             parse_mb(b"99999999999999999999999"),
             EnvMb::Invalid
         ));
+    }
+
+    #[test]
+    fn watch_interval_is_at_least_10_ms() {
+        use std::time::Duration;
+        assert_eq!(watch_interval(Duration::ZERO), Duration::from_millis(10));
+        assert_eq!(
+            watch_interval(Duration::from_micros(9_999)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            watch_interval(Duration::from_millis(10)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            watch_interval(Duration::from_millis(250)),
+            Duration::from_millis(250)
+        );
     }
 
     #[test]
