@@ -34,10 +34,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A name given to
-    /// [`ServerBuilder::allow_host`](crate::ServerBuilder::allow_host) that
-    /// no request could match: not a host name or address, or with a port
-    /// (any port is answered).
+    /// A name given to `ServerBuilder::allow_host` that no request could
+    /// match: not a host name or address, or with a port (any port is
+    /// answered).
     #[error("ServerBuilder::allow_host({host:?}): {reason}")]
     InvalidAllowedHost {
         /// What was given.
@@ -60,7 +59,7 @@ pub enum Error {
         from_env: bool,
     },
     /// The server was asked to bind an address other than loopback without
-    /// [`ServerBuilder::allow_non_loopback`](crate::ServerBuilder::allow_non_loopback).
+    /// `ServerBuilder::allow_non_loopback`.
     #[error("refusing to serve heap data on non-loopback address {addr} (call ServerBuilder::allow_non_loopback(true) to allow it)")]
     NonLoopbackAddress {
         /// The address that was refused.

@@ -203,8 +203,8 @@ pub struct LeakReport {
     /// JSON) from [`leak_report`]. When it is under a tenth of `window_ms`,
     /// the history is too short for the window: `enough_data` stays `false`
     /// unless slow snapshots or a paused process stretch it. Raise
-    /// `history_len` or lower `leak_window`
-    /// ([`ServerBuilder`](crate::ServerBuilder)).
+    /// `history_len` or lower `leak_window` (`ServerBuilder`, feature
+    /// `server`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_span_ms: Option<u64>,
     /// Whether the window holds snapshots taken before the sampling mode

@@ -67,7 +67,7 @@
 //! - `server` (default): the HTTP endpoint (hyper 1.x on a current-thread
 //!   tokio runtime of its own; the host program needs no tokio). Implies
 //!   `pprof` and `flamegraph`.
-//! - `pprof`: [`Snapshot::to_pprof`], gzipped pprof protobuf.
+//! - `pprof`: `Snapshot::to_pprof`, gzipped pprof protobuf.
 //! - `flamegraph`: `Snapshot::to_flamegraph_svg`.
 //! - `cli`: the `heapwatch` command-line tool (`get`, `diff`, `top`;
 //!   `docs/CLI.md`), no extra dependency.
