@@ -1,38 +1,9 @@
 //! The memory budget: a value type, its policy, and the reservation that
 //! enforces it without a contended atomic on every allocation.
 //!
-//! # How the budget is enforced
-//!
-//! The budget bounds the program's live bytes. heapwatch's own blocks (its
-//! tables, the symbol caches, snapshots being built, the server) are not
-//! charged to it and never refused: they go straight to the inner
-//! allocator and are reported apart, as `overhead_bytes`. So building a
-//! snapshot, which parses debug information, can never make the program's
-//! allocations fail, nor abort the process; leave room for heapwatch's
-//! overhead when sizing a budget against a container's memory limit.
-//!
-//! A global counter, the *reservation*, is always at least the program's
-//! live bytes. Each
-//! thread draws credit from it in chunks of [`CHUNK_BYTES`] and spends the
-//! credit locally: most allocations touch only the thread's own shard. When
-//! a thread's credit runs out it draws again with a compare-and-swap that
-//! never lets the reservation pass the budget (near the budget it draws
-//! exactly what it needs). Frees give credit back to the freeing thread,
-//! which returns anything above `2 × CHUNK_BYTES` to the pool.
-//!
-//! The credit costs the hook's fast path no counter of its own: it is
-//! derived from the shard's allocated and freed bytes, which the hook counts
-//! anyway, and checked against two limits ("the hook's side" below).
-//!
-//! Consequences, which the tests check:
-//!
-//! - Policy [`Policy::Refuse`]: live bytes never exceed the budget, under any
-//!   concurrency (the overshoot bound is zero). The price is that an
-//!   allocation may be refused while up to `threads × 2 × CHUNK_BYTES` of
-//!   the budget sits as other threads' unspent credit.
-//! - The 80% / 95% warnings compare the reservation, so they may fire up to
-//!   that much early, never late.
-//! - `peak_bytes` is the highest reservation: never below the true peak.
+//! How the budget is enforced, as a user sees it, is documented on
+//! [`Budget`], in the public docs; how a thread's credit is derived from
+//! its shard's counters is in "the hook's side" below.
 
 use std::fmt;
 use std::str::FromStr;
@@ -52,6 +23,39 @@ const UNLIMITED: u64 = u64::MAX;
 ///
 /// A megabyte here is a mebibyte (2^20 bytes), as `maxMemoryMB` settings
 /// mean it; `"512MB"` and `"512MiB"` parse to the same budget.
+///
+/// # How the budget is enforced
+///
+/// The budget bounds the program's live bytes. heapwatch's own blocks (its
+/// tables, the symbol caches, snapshots being built, the server) are not
+/// charged to it and never refused: they go straight to the inner
+/// allocator and are reported apart, as `overhead_bytes`. So building a
+/// snapshot, which parses debug information, can never make the program's
+/// allocations fail, nor abort the process; leave room for heapwatch's
+/// overhead when sizing a budget against a container's memory limit.
+///
+/// A global counter, the *reservation*, is always at least the program's
+/// live bytes. Each
+/// thread draws credit from it in chunks of [`CHUNK_BYTES`] and spends the
+/// credit locally: most allocations touch only the thread's own shard. When
+/// a thread's credit runs out it draws again with a compare-and-swap that
+/// never lets the reservation pass the budget (near the budget it draws
+/// exactly what it needs). Frees give credit back to the freeing thread,
+/// which returns anything above `2 × CHUNK_BYTES` to the pool.
+///
+/// The credit costs the hook's fast path no counter of its own: it is
+/// derived from the shard's allocated and freed bytes, which the hook counts
+/// anyway, and checked against two limits.
+///
+/// Consequences, which the tests check:
+///
+/// - Policy [`Policy::Refuse`]: live bytes never exceed the budget, under any
+///   concurrency (the overshoot bound is zero). The price is that an
+///   allocation may be refused while up to `threads × 2 × CHUNK_BYTES` of
+///   the budget sits as other threads' unspent credit.
+/// - The 80% / 95% warnings compare the reservation, so they may fire up to
+///   that much early, never late.
+/// - `peak_bytes` is the highest reservation: never below the true peak.
 ///
 /// # Example
 ///
@@ -443,7 +447,8 @@ pub(crate) fn status() -> BudgetStatus {
 /// draws credit: each thread may still allocate the credit it holds (at
 /// most `2 × CHUNK_BYTES`, 128 KiB). Lowering it below the reservation
 /// refuses (or, with [`Policy::Warn`], reports) further growth past that
-/// credit; it frees nothing.
+/// credit; it frees nothing. How the budget is enforced, and what that
+/// guarantees, is in [`Budget`]'s docs.
 ///
 /// # Example
 ///

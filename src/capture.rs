@@ -1,27 +1,8 @@
 //! Stack capture into a fixed-size buffer, from inside the allocator hook.
 //!
-//! Three unwinders stand behind one function, [`capture`]:
-//!
-//! - a frame-pointer walk (~a few ns a frame), usable only when the build
-//!   keeps frame pointers (`-C force-frame-pointers=yes`). Every step is
-//!   checked against the thread's stack bounds, so a build without frame
-//!   pointers cannot make it read outside the stack. A function compiled
-//!   without them (in a C library, or a plugin built apart) keeps its
-//!   caller's frame pointer, so the walk goes from its callee straight to
-//!   its caller: that one function is missing from the stack;
-//! - a DWARF CFI walk with a process-wide cache of unwind rules (x86-64
-//!   Linux, [`cfi`]): works on any build, ~10-20 ns a frame once the cache
-//!   is warm. A stack it cannot unwind (a signal frame, code without CFI) is
-//!   captured with the platform unwinder instead, and so is every stack in
-//!   a `fork` child (which must not call `dl_iterate_phdr`);
-//! - the `backtrace` crate's unsynchronized trace (the platform unwinder,
-//!   `_Unwind_Backtrace`: works everywhere, ~100-200 ns a frame).
-//!
-//! [`Unwinder::Auto`] (the default) decides once, on the first capture: it
-//! walks a known chain of heapwatch's own functions with each fast unwinder
-//! and with the platform unwinder, and uses frame pointers if that walk
-//! finds the same return addresses, else the CFI walk if it does, else
-//! `backtrace`.
+//! Three unwinders stand behind one function, [`capture`]: what each
+//! does and how [`Unwinder::Auto`] chooses are documented on [`Unwinder`],
+//! in the public docs. The CFI walk is in `capture/cfi.rs`.
 //!
 //! Captured addresses are raw return addresses; they are symbolized later,
 //! outside the hook, and heapwatch's own frames and the standard library's
@@ -51,7 +32,31 @@ pub(crate) const DEFAULT_DEPTH: usize = 16;
 /// `tests/callsite_depth.rs` checks that a deep stack keeps its full depth.
 const PLUMBING_FRAMES: usize = if cfg!(debug_assertions) { 16 } else { 10 };
 
-/// Which unwinder captures stacks.
+/// Which unwinder captures stacks ([`set_unwinder`], or the tracker's
+/// builder).
+///
+/// Three unwinders can capture stacks:
+///
+/// - a frame-pointer walk (~a few ns a frame), usable only when the build
+///   keeps frame pointers (`-C force-frame-pointers=yes`). Every step is
+///   checked against the thread's stack bounds, so a build without frame
+///   pointers cannot make it read outside the stack. A function compiled
+///   without them (in a C library, or a plugin built apart) keeps its
+///   caller's frame pointer, so the walk goes from its callee straight to
+///   its caller: that one function is missing from the stack;
+/// - a DWARF CFI walk with a process-wide cache of unwind rules (x86-64
+///   Linux): works on any build, ~10-20 ns a frame once the cache is warm.
+///   A stack it cannot unwind (a signal frame, code without CFI) is
+///   captured with the platform unwinder instead, and so is every stack in
+///   a `fork` child (which must not call `dl_iterate_phdr`);
+/// - the `backtrace` crate's unsynchronized trace (the platform unwinder,
+///   `_Unwind_Backtrace`: works everywhere, ~100-200 ns a frame).
+///
+/// [`Unwinder::Auto`] (the default) decides once, on the first capture: it
+/// walks a known chain of heapwatch's own functions with each fast unwinder
+/// and with the platform unwinder, and uses frame pointers if that walk
+/// finds the same return addresses, else the CFI walk if it does, else
+/// `backtrace`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unwinder {

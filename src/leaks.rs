@@ -1,26 +1,6 @@
-//! Leak detection by growth rate over retained snapshots.
-//!
-//! A leak shows as live bytes that keep rising. [`leak_report`] fits a
-//! least-squares line to live bytes against time over the snapshots inside
-//! a window (by default the last five minutes) and reports its slope in
-//! MiB per minute, for the process (`totals.live_bytes`) and for every
-//! callsite (matched by id), graded by [`LeakThresholds`] into a
-//! [`Severity`]. It is a pure function of its inputs: the server feeds it
-//! its history ring, and a program can feed it snapshots it kept itself.
-//!
-//! Time is the snapshots' `uptime_ms` (monotonic), not their wall clock, so
-//! a clock step does not fake a slope. A callsite absent from a snapshot
-//! counts as zero live bytes there (it did not exist yet, or had nothing
-//! live), unless that snapshot left callsites out
-//! ([`Snapshot::callsites_omitted`], as the server's history does): there
-//! its figure is unknown and that point is left out of the callsite's fit
-//! (a callsite needs known points spanning a tenth of the window, the last
-//! snapshot among them, to have a slope). With fewer than two points, or
-//! points spanning less than a tenth of the window (all at one instant, or
-//! a program's first seconds), there is no slope: the report says
-//! `enough_data: false` and every slope is zero.
-//!
-//! A megabyte here is a mebibyte (2^20 bytes), as in [`Budget`](crate::Budget).
+//! Leak detection by growth rate over retained snapshots. How growth is
+//! measured and graded is documented on [`leak_report`], in the public
+//! docs.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -173,7 +153,8 @@ pub struct CallsiteGrowth {
     pub severity: Severity,
 }
 
-/// What [`leak_report`] found.
+/// What [`leak_report`] found (its docs say how growth is measured and
+/// graded).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct LeakReport {
@@ -219,6 +200,32 @@ pub struct LeakReport {
 /// Grades the growth of live bytes over the snapshots taken within
 /// `window` of the latest one, and attaches the budget's state
 /// ([`budget_status`](crate::budget_status)).
+///
+/// # How growth is measured
+///
+/// A leak shows as live bytes that keep rising. This function fits a
+/// least-squares line to live bytes against time over the snapshots inside
+/// the window (the endpoint's default is the last five minutes) and reports
+/// its slope in MiB per minute, for the process (`totals.live_bytes`) and
+/// for every callsite (matched by id), graded by [`LeakThresholds`] into a
+/// [`Severity`]. It is a pure function of its inputs: the server feeds it
+/// its history ring, and a program can feed it snapshots it kept itself.
+///
+/// Time is the snapshots' `uptime_ms` (monotonic), not their wall clock, so
+/// a clock step does not fake a slope. A callsite absent from a snapshot
+/// counts as zero live bytes there (it did not exist yet, or had nothing
+/// live), unless that snapshot left callsites out
+/// ([`Snapshot::callsites_omitted`], as the server's history does): there
+/// its figure is unknown and that point is left out of the callsite's fit
+/// (a callsite needs known points spanning a tenth of the window, the last
+/// snapshot among them, to have a slope). With fewer than two points, or
+/// points spanning less than a tenth of the window (all at one instant, or
+/// a program's first seconds), there is no slope: the report says
+/// `enough_data: false` and every slope is zero.
+///
+/// A megabyte here is a mebibyte (2^20 bytes), as in [`Budget`](crate::Budget).
+///
+/// # How growth is graded
 ///
 /// The rate is the least-squares slope over the window (`mb_per_min`). A
 /// leak grows all the time; a cache filled at start-up, a buffer that

@@ -1,48 +1,7 @@
 //! Heap snapshots: one reading of the totals and every callsite,
 //! symbolized, as a serde value whose JSON is the contract of `GET /heap`.
 //!
-//! # JSON
-//!
-//! ```text
-//! {
-//!   "version": 1,                 // format version (this build: 1)
-//!   "id": 7,                      // monotonic within a process
-//!   "run_id": "4f1c-18c3...",     // distinguishes processes
-//!   "taken_at_ms": 1763900000000, // Unix time, ms
-//!   "uptime_ms": 61000,           // since the tracker's first allocation
-//!   "mode": "bytes",              // "off" | "bytes" | "all"
-//!   "sample_interval_bytes": 524288, // null unless mode is "bytes"
-//!   "sampling_changes": 0,        // switches of the mode so far
-//!   "unwinder": "cfi",            // or "frame_pointers", "backtrace"
-//!   "unwinder_fallbacks": 0,      // captures the CFI walk left to backtrace
-//!   "totals": { Stats: live_bytes, live_blocks, peak_bytes, allocations,
-//!               frees, reallocs, allocated_bytes, freed_bytes, budget_bytes,
-//!               budget_denials, budget_overages, overhead_bytes,
-//!               overhead_blocks },
-//!   "callsites": [ { "id": "9a3f0c1e22b7d405",
-//!                    "frames": [ {"function": "app::load", "file": "src/app.rs", "line": 12} ],
-//!                    "allocations": 1000, "allocated_bytes": 64000,
-//!                    "frees": 10, "freed_bytes": 640,
-//!                    "live_blocks": 990, "live_bytes": 63360,
-//!                    "estimated": true } ],
-//!   "callsites_omitted": 0,       // left out by /heap?top=N or the history
-//!   "unattributed": { allocations, allocated_bytes, frees, freed_bytes,
-//!                     live_bytes, live_blocks, dropped_callsite_table_full,
-//!                     dropped_live_table_full, dropped_no_tables,
-//!                     untracked_allocations, untracked_bytes,
-//!                     lock_contentions, inner_blocks_untracked },
-//!   "tables": { callsite_capacity, callsites_used,
-//!               live_sample_capacity, live_samples_used,
-//!               symbol_cache_entries, shard_overflows, shards_used },
-//!   "allocator": { "name": "jemalloc", "allocated": .., "active": ..,
-//!                  "resident": .., "mapped": .., "retained": .. } | null,
-//!   "process": { "pid": 1234, "rss_bytes": 12345678 }
-//! }
-//! ```
-//!
-//! A callsite's `id` is a hash of its symbolized frames, so it is the same
-//! for the same code in another run of the same binary: diffs of snapshots
-//! saved from two processes match callsites by it.
+//! The JSON layout is documented on [`Snapshot`], in the public docs.
 
 use std::fmt;
 use std::path::Path;
@@ -64,7 +23,51 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A reading of the heap: totals, callsites, and the allocator's and
-/// process's view. See the module docs for the JSON.
+/// process's view, from [`snapshot`]. Its JSON (serde, as
+/// [`save`](Snapshot::save) writes it and `GET /heap` serves it) is below.
+///
+/// # JSON
+///
+/// ```text
+/// {
+///   "version": 1,                 // format version (this build: 1)
+///   "id": 7,                      // monotonic within a process
+///   "run_id": "4f1c-18c3...",     // distinguishes processes
+///   "taken_at_ms": 1763900000000, // Unix time, ms
+///   "uptime_ms": 61000,           // since the tracker's first allocation
+///   "mode": "bytes",              // "off" | "bytes" | "all"
+///   "sample_interval_bytes": 524288, // null unless mode is "bytes"
+///   "sampling_changes": 0,        // switches of the mode so far
+///   "unwinder": "cfi",            // or "frame_pointers", "backtrace"
+///   "unwinder_fallbacks": 0,      // captures the CFI walk left to backtrace
+///   "totals": { Stats: live_bytes, live_blocks, peak_bytes, allocations,
+///               frees, reallocs, allocated_bytes, freed_bytes, budget_bytes,
+///               budget_denials, budget_overages, overhead_bytes,
+///               overhead_blocks },
+///   "callsites": [ { "id": "9a3f0c1e22b7d405",
+///                    "frames": [ {"function": "app::load", "file": "src/app.rs", "line": 12} ],
+///                    "allocations": 1000, "allocated_bytes": 64000,
+///                    "frees": 10, "freed_bytes": 640,
+///                    "live_blocks": 990, "live_bytes": 63360,
+///                    "estimated": true } ],
+///   "callsites_omitted": 0,       // left out by /heap?top=N or the history
+///   "unattributed": { allocations, allocated_bytes, frees, freed_bytes,
+///                     live_bytes, live_blocks, dropped_callsite_table_full,
+///                     dropped_live_table_full, dropped_no_tables,
+///                     untracked_allocations, untracked_bytes,
+///                     lock_contentions, inner_blocks_untracked },
+///   "tables": { callsite_capacity, callsites_used,
+///               live_sample_capacity, live_samples_used,
+///               symbol_cache_entries, shard_overflows, shards_used },
+///   "allocator": { "name": "jemalloc", "allocated": .., "active": ..,
+///                  "resident": .., "mapped": .., "retained": .. } | null,
+///   "process": { "pid": 1234, "rss_bytes": 12345678 }
+/// }
+/// ```
+///
+/// A callsite's `id` is a hash of its symbolized frames, so it is the same
+/// for the same code in another run of the same binary: diffs of snapshots
+/// saved from two processes match callsites by it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Snapshot {

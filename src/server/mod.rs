@@ -19,24 +19,8 @@
 //! making its own name resolve to 127.0.0.1 (DNS rebinding): others get
 //! `403`.
 //!
-//! # Limits
-//!
-//! - at most [`ServerBuilder::max_connections`] connections (64); others
-//!   get `503`, then their requests are read and dropped until they close,
-//!   for at most 1 s (closing with a request unread would reset the
-//!   connection, and the client could lose the `503`); past as many again
-//!   (at least 64), the `503` is sent and the connection closed at once;
-//! - request line and headers at most 16 KiB (hyper answers `431`);
-//! - headers must arrive within [`ServerBuilder::header_timeout`] (5 s),
-//!   which also closes keep-alive connections idle that long; a write that
-//!   makes no progress for [`ServerBuilder::write_timeout`] (10 s: the
-//!   client stopped reading) closes the connection; a connection lives at
-//!   most 2 minutes;
-//! - request bodies are refused (`413`);
-//! - history: [`ServerBuilder::history_len`] snapshots (360), each keeping
-//!   its [`ServerBuilder::history_callsites`] largest callsites by live bytes
-//!   (256), without their frames (frames are kept once per callsite): at
-//!   most about 12 MB at the defaults.
+//! The endpoint's limits (connections, sizes, timeouts, history) are
+//! documented on [`ServerBuilder`], in the public docs.
 
 mod routes;
 mod stall;
@@ -85,7 +69,7 @@ content-length: 58\r\n\
 {\"error\":\"too many connections to the heapwatch endpoint\"}";
 
 /// Starts the HTTP endpoint on `addr` with the default settings (see
-/// [`ServerBuilder`]). The address must be loopback; `HEAPWATCH_TOKEN`, if
+/// [`ServerBuilder`], which also lists the endpoint's limits). The address must be loopback; `HEAPWATCH_TOKEN`, if
 /// set and not empty, is required as a bearer token (one of only
 /// whitespace is refused: see [`ServerBuilder::token`]). The server runs until
 /// the returned [`ServerHandle`] is dropped or shut down.
@@ -123,6 +107,25 @@ pub fn serve(addr: impl ToSocketAddrs) -> Result<ServerHandle, Error> {
 }
 
 /// Settings for the HTTP endpoint; [`ServerBuilder::serve`] starts it.
+///
+/// # Limits
+///
+/// - at most [`ServerBuilder::max_connections`] connections (64); others
+///   get `503`, then their requests are read and dropped until they close,
+///   for at most 1 s (closing with a request unread would reset the
+///   connection, and the client could lose the `503`); past as many again
+///   (at least 64), the `503` is sent and the connection closed at once;
+/// - request line and headers at most 16 KiB (hyper answers `431`);
+/// - headers must arrive within [`ServerBuilder::header_timeout`] (5 s),
+///   which also closes keep-alive connections idle that long; a write that
+///   makes no progress for [`ServerBuilder::write_timeout`] (10 s: the
+///   client stopped reading) closes the connection; a connection lives at
+///   most 2 minutes;
+/// - request bodies are refused (`413`);
+/// - history: [`ServerBuilder::history_len`] snapshots (360), each keeping
+///   its [`ServerBuilder::history_callsites`] largest callsites by live bytes
+///   (256), without their frames (frames are kept once per callsite): at
+///   most about 12 MB at the defaults.
 ///
 /// # Example
 ///
