@@ -14,6 +14,12 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A [`SortKey`](crate::SortKey) name that does not parse.
+    #[error("unknown sort key {input:?} (use live_bytes, allocated_bytes or allocations)")]
+    InvalidSortKey {
+        /// What was given.
+        input: String,
+    },
     /// A snapshot file or body that is not a heapwatch snapshot.
     #[error("not a heapwatch snapshot: {0}")]
     InvalidSnapshot(#[source] serde_json::Error),

@@ -220,16 +220,29 @@ pub enum SortKey {
 }
 
 impl FromStr for SortKey {
-    type Err = String;
+    type Err = Error;
 
-    fn from_str(s: &str) -> Result<SortKey, String> {
+    /// Parses a key as [`Display`](fmt::Display) writes it (and `/heap`'s
+    /// `sort` takes it): `live_bytes`, `allocated_bytes` or `allocations`.
+    /// Anything else is [`Error::InvalidSortKey`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use heapwatch::SortKey;
+    ///
+    /// assert_eq!("allocations".parse::<SortKey>().unwrap(), SortKey::Allocations);
+    /// let e = "size".parse::<SortKey>().unwrap_err();
+    /// assert!(matches!(e, heapwatch::Error::InvalidSortKey { .. }));
+    /// ```
+    fn from_str(s: &str) -> Result<SortKey, Error> {
         match s {
             "live_bytes" => Ok(SortKey::LiveBytes),
             "allocated_bytes" => Ok(SortKey::AllocatedBytes),
             "allocations" => Ok(SortKey::Allocations),
-            _ => Err(format!(
-                "unknown sort key {s:?} (use live_bytes, allocated_bytes or allocations)"
-            )),
+            _ => Err(Error::InvalidSortKey {
+                input: s.to_string(),
+            }),
         }
     }
 }
@@ -633,5 +646,26 @@ mod tests {
         assert!(!names_jemalloc("app::NotJemallocJustSystem"));
         assert!(!names_jemalloc(std::any::type_name::<std::alloc::System>()));
         assert!(!names_jemalloc("dhat::Alloc"));
+    }
+
+    #[test]
+    fn sort_keys_parse_as_they_display() {
+        for key in [
+            SortKey::LiveBytes,
+            SortKey::AllocatedBytes,
+            SortKey::Allocations,
+        ] {
+            assert_eq!(key.to_string().parse::<SortKey>().unwrap(), key);
+        }
+        let e = "size".parse::<SortKey>().unwrap_err();
+        assert!(matches!(&e, Error::InvalidSortKey { input } if input == "size"));
+        assert_eq!(
+            e.to_string(),
+            "unknown sort key \"size\" (use live_bytes, allocated_bytes or allocations)"
+        );
+        // A std error (a `String` is not one), so that `?` converts it
+        // into `anyhow::Error` and the like.
+        fn std_error<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
+        std_error(&e);
     }
 }

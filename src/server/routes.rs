@@ -245,7 +245,7 @@ async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiErro
             let sort = match query.get("sort") {
                 Some(v) => Some(
                     v.parse::<SortKey>()
-                        .map_err(|why| ApiError::bad_param("sort", v, &why))?,
+                        .map_err(|why| ApiError::bad_param("sort", v, &why.to_string()))?,
                 ),
                 None => None,
             };
