@@ -464,7 +464,8 @@ pub struct Stats {
     pub budget_overages: u64,
     /// Bytes heapwatch (and a re-entrant inner allocator) holds on the heap
     /// now, plus its static tables (those of its counter shards only for
-    /// the shards threads have used).
+    /// the shards threads have used): never zero, even before the tracker's
+    /// first allocation.
     pub overhead_bytes: u64,
     /// Blocks heapwatch (and a re-entrant inner allocator) holds now.
     pub overhead_blocks: u64,
@@ -497,9 +498,13 @@ impl Stats {
 /// the most threads alive at once so far), allocation-free, callable from
 /// any thread at any time.
 ///
-/// Returns all zeros until a [`Tracker`](crate::Tracker) serving as the
-/// global allocator has seen its first allocation (see
-/// [`installed`](crate::installed)).
+/// Until a [`Tracker`](crate::Tracker) serving as the global allocator has
+/// seen its first allocation (see [`installed`](crate::installed)), every
+/// count is zero and `budget_bytes` is `None` (unless
+/// [`set_budget`](crate::set_budget) was called), but `overhead_bytes` is
+/// not: it always counts heapwatch's static tables (a callsite filter,
+/// lock stripes, the shared counter shard and, on x86-64 Linux, the
+/// unwinder's rule cache: about 132 KiB there).
 ///
 /// # Example
 ///

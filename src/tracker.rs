@@ -66,10 +66,12 @@ const READY: u8 = 2;
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 
 /// Whether a [`Tracker`] is serving as the global allocator (it has seen an
-/// allocation). Until then [`stats()`](crate::stats) reads zeros and no
-/// budget. The standard library usually allocates before `main`, but not
-/// in every build (not with `-Zbuild-std`): a program that reads figures
-/// before it allocates anything may see the tracker not set up yet.
+/// allocation). Until then [`stats()`](crate::stats) reads zeros, but for
+/// `overhead_bytes` (heapwatch's static tables) and a budget set with
+/// [`set_budget`](crate::set_budget). The standard library usually
+/// allocates before `main`, but not in every build (not with
+/// `-Zbuild-std`): a program that reads figures before it allocates
+/// anything may see the tracker not set up yet.
 ///
 /// # Example
 ///

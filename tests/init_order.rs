@@ -17,8 +17,31 @@ static TRACKER: Tracker<System> = Tracker::new(System)
 #[test]
 fn runtime_settings_survive_the_first_allocation() {
     assert!(!heapwatch::installed());
+    // Before the first allocation every figure is zero but heapwatch's
+    // static tables, which `overhead_bytes` always counts.
+    let before = heapwatch::stats();
+    assert_eq!(
+        [
+            before.live_bytes,
+            before.live_blocks,
+            before.peak_bytes,
+            before.allocations,
+            before.frees,
+            before.reallocs,
+            before.allocated_bytes,
+            before.freed_bytes,
+            before.budget_denials,
+            before.budget_overages,
+            before.overhead_blocks,
+        ],
+        [0; 11],
+        "{before:?}"
+    );
+    assert_eq!(before.budget_bytes, None);
+    assert!(before.overhead_bytes > 0, "{before:?}");
     heapwatch::set_sampling(Sampling::Off);
     heapwatch::set_budget(Budget::from_mb(64));
+    assert_eq!(heapwatch::stats().budget_bytes, Some(64 << 20));
     heapwatch::set_budget_policy(Policy::Warn);
     heapwatch::set_unwinder(Unwinder::Backtrace);
 
