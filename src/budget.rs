@@ -145,71 +145,127 @@ impl FromStr for Budget {
     /// `HEAPWATCH_MAX_MEMORY_MB=0`, which means unlimited, as `maxMemoryMB`
     /// settings usually do).
     fn from_str(s: &str) -> Result<Budget, Error> {
-        let err = |why: &str| Error::InvalidBudget {
+        parse_size(s.trim(), 0).map_err(|bad| Error::InvalidBudget {
             input: s.to_string(),
-            reason: why.to_string(),
-        };
-        let t = s.trim();
-        if t.is_empty() {
-            return Err(err("empty"));
-        }
-        let lower = t.to_ascii_lowercase();
-        if matches!(lower.as_str(), "unlimited" | "none" | "off") {
-            return Ok(Budget::UNLIMITED);
-        }
-        if lower.starts_with('-') {
-            return Err(err("a budget cannot be negative"));
-        }
-        if !lower.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
-            return Err(err(
-                "expected a number, then an optional unit (such as 512MiB)",
-            ));
-        }
-        let split = lower
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(lower.len());
-        let (num, unit) = lower.split_at(split);
-        // The unit as written, for the message (ASCII case folding keeps
-        // byte offsets).
-        let written = t.get(split..).unwrap_or(unit).trim();
-        let shift = match unit.trim() {
-            "" | "b" => 0,
-            "k" | "kb" | "kib" => 10,
-            "m" | "mb" | "mib" => 20,
-            "g" | "gb" | "gib" => 30,
-            "t" | "tb" | "tib" => 40,
-            _ => {
-                return Err(err(&format!(
+            reason: match bad {
+                BadSize::UnknownUnit(written) => format!(
                     "unknown unit {written:?} (use B, KiB, MiB, GiB or TiB after a plain \
                      number, as in 512MiB or 1.5GiB)"
-                )))
-            }
-        };
-        if num.is_empty() {
-            return Err(err("no number"));
-        }
-        // Whole numbers are parsed exactly (a u64 and a checked shift), so
-        // every byte count round-trips through Display; only a fraction
-        // goes through f64.
-        if let Ok(whole) = num.parse::<u64>() {
-            return match whole.checked_mul(1u64 << shift) {
-                Some(bytes) if bytes != UNLIMITED => Ok(Budget(bytes)),
-                _ => Err(err("too large")),
-            };
-        }
-        let value: f64 = num.parse().map_err(|_| err("not a number"))?;
-        let bytes = value * (1u64 << shift) as f64;
-        if bytes.fract() != 0.0 && shift == 0 {
-            return Err(err("a fraction of a byte (add a unit: 0.5MiB)"));
-        }
-        if bytes.round() == 0.0 && value != 0.0 {
-            return Err(err("less than a byte"));
-        }
-        if !bytes.is_finite() || bytes >= UNLIMITED as f64 {
-            return Err(err("too large"));
-        }
-        Ok(Budget(bytes.round() as u64))
+                ),
+                bad => bad.reason().to_string(),
+            },
+        })
     }
+}
+
+/// Why a size does not parse. Holds no allocation: the environment
+/// variable is parsed in the allocator hook, at the first allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BadSize<'a> {
+    Empty,
+    Negative,
+    NoNumberFirst,
+    /// The unit as written.
+    UnknownUnit(&'a str),
+    NotANumber,
+    FractionOfAByte,
+    LessThanAByte,
+    TooLarge,
+}
+
+impl BadSize<'_> {
+    fn reason(self) -> &'static str {
+        match self {
+            BadSize::Empty => "empty",
+            BadSize::Negative => "a budget cannot be negative",
+            BadSize::NoNumberFirst => "expected a number, then an optional unit (such as 512MiB)",
+            BadSize::UnknownUnit(_) => "unknown unit",
+            BadSize::NotANumber => "not a number",
+            BadSize::FractionOfAByte => "a fraction of a byte (add a unit: 0.5MiB)",
+            BadSize::LessThanAByte => "less than a byte",
+            BadSize::TooLarge => "too large",
+        }
+    }
+}
+
+/// Parses a trimmed budget as [`Budget`]'s `FromStr` documents it, a
+/// number without a unit counting `1 << default_shift` bytes (0: bytes;
+/// 20: mebibytes, for the environment variable). Never allocates nor
+/// panics: the environment variable is read with it inside the allocator
+/// hook.
+fn parse_size(t: &str, default_shift: u32) -> Result<Budget, BadSize<'_>> {
+    if t.is_empty() {
+        return Err(BadSize::Empty);
+    }
+    if ["unlimited", "none", "off"]
+        .iter()
+        .any(|w| t.eq_ignore_ascii_case(w))
+    {
+        return Ok(Budget::UNLIMITED);
+    }
+    if t.starts_with('-') {
+        return Err(BadSize::Negative);
+    }
+    if !t.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return Err(BadSize::NoNumberFirst);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let Some((num, unit)) = t.split_at_checked(split) else {
+        return Err(BadSize::NotANumber);
+    };
+    let unit = unit.trim();
+    let shift = match unit.len() {
+        0 => default_shift,
+        _ if unit.eq_ignore_ascii_case("b") => 0,
+        _ if ["k", "kb", "kib"]
+            .iter()
+            .any(|u| unit.eq_ignore_ascii_case(u)) =>
+        {
+            10
+        }
+        _ if ["m", "mb", "mib"]
+            .iter()
+            .any(|u| unit.eq_ignore_ascii_case(u)) =>
+        {
+            20
+        }
+        _ if ["g", "gb", "gib"]
+            .iter()
+            .any(|u| unit.eq_ignore_ascii_case(u)) =>
+        {
+            30
+        }
+        _ if ["t", "tb", "tib"]
+            .iter()
+            .any(|u| unit.eq_ignore_ascii_case(u)) =>
+        {
+            40
+        }
+        _ => return Err(BadSize::UnknownUnit(unit)),
+    };
+    // Whole numbers are parsed exactly (a u64 and a checked shift), so
+    // every byte count round-trips through Display; only a fraction goes
+    // through f64.
+    if let Ok(whole) = num.parse::<u64>() {
+        return match whole.checked_mul(1u64 << shift) {
+            Some(bytes) if bytes != UNLIMITED => Ok(Budget(bytes)),
+            _ => Err(BadSize::TooLarge),
+        };
+    }
+    let value: f64 = num.parse().map_err(|_| BadSize::NotANumber)?;
+    let bytes = value * (1u64 << shift) as f64;
+    if bytes.fract() != 0.0 && shift == 0 {
+        return Err(BadSize::FractionOfAByte);
+    }
+    if bytes.round() == 0.0 && value != 0.0 {
+        return Err(BadSize::LessThanAByte);
+    }
+    if !bytes.is_finite() || bytes >= UNLIMITED as f64 {
+        return Err(BadSize::TooLarge);
+    }
+    Ok(Budget(bytes.round() as u64))
 }
 
 impl Serialize for Budget {
@@ -405,8 +461,10 @@ pub struct BudgetStatus {
     pub critical_crossings: u64,
     /// Times the reservation rose over the budget (likewise).
     pub exceeded_crossings: u64,
-    /// `HEAPWATCH_MAX_MEMORY_MB` was set but could not be parsed (and was
-    /// ignored).
+    /// `HEAPWATCH_MAX_MEMORY_MB` was set but could not be parsed, and was
+    /// ignored: the tracker's own budget applied instead (see
+    /// [`Tracker::with_budget`](crate::Tracker::with_budget)). Exported to
+    /// Prometheus as `heapwatch_budget_env_var_invalid`.
     pub env_var_invalid: bool,
 }
 
@@ -536,9 +594,8 @@ enum EnvMb {
     Invalid,
 }
 
-/// Reads an environment variable holding whole mebibytes, without
-/// allocating (`libc::getenv` and a byte loop). `0` and `unlimited` mean
-/// unlimited; an empty value reads as unset.
+/// Reads an environment variable holding a budget, without allocating
+/// (`libc::getenv` and [`parse_env_budget`]).
 fn read_env_mb(name: &[u8]) -> EnvMb {
     // SAFETY: `name` is NUL-terminated. `getenv` returns null or a pointer
     // to a NUL-terminated string owned by the environment; it is read
@@ -550,36 +607,28 @@ fn read_env_mb(name: &[u8]) -> EnvMb {
     }
     // SAFETY: non-null `getenv` results are valid NUL-terminated strings.
     let bytes = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
-    parse_mb(bytes)
+    parse_env_budget(bytes)
 }
 
-fn parse_mb(bytes: &[u8]) -> EnvMb {
-    let trimmed = bytes.trim_ascii();
+/// `HEAPWATCH_MAX_MEMORY_MB`'s value: what [`Budget`]'s `FromStr` reads,
+/// but a number without a unit is mebibytes, and zero (in any unit) is
+/// unlimited, as `maxMemoryMB` settings usually mean it. An empty value
+/// (or only whitespace) reads as unset. Never allocates (see
+/// [`parse_size`]).
+fn parse_env_budget(bytes: &[u8]) -> EnvMb {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return EnvMb::Invalid;
+    };
+    let text = text.trim();
     // Set but empty (`HEAPWATCH_MAX_MEMORY_MB= cmd`): as if unset, as
     // shells and most programs read an empty variable.
-    if trimmed.is_empty() {
+    if text.is_empty() {
         return EnvMb::Unset;
     }
-    if trimmed.eq_ignore_ascii_case(b"unlimited") {
-        return EnvMb::Value(Budget::UNLIMITED);
-    }
-    let mut mb: u64 = 0;
-    for &b in trimmed {
-        if !b.is_ascii_digit() {
-            return EnvMb::Invalid;
-        }
-        mb = match mb
-            .checked_mul(10)
-            .and_then(|m| m.checked_add(u64::from(b - b'0')))
-        {
-            Some(m) => m,
-            None => return EnvMb::Invalid,
-        };
-    }
-    if mb == 0 {
-        EnvMb::Value(Budget::UNLIMITED)
-    } else {
-        EnvMb::Value(Budget::from_mb(mb))
+    match parse_size(text, 20) {
+        Ok(b) if b.bytes() == Some(0) => EnvMb::Value(Budget::UNLIMITED),
+        Ok(b) => EnvMb::Value(b),
+        Err(_) => EnvMb::Invalid,
     }
 }
 
@@ -1328,16 +1377,56 @@ mod tests {
 
     #[test]
     fn env_values() {
-        assert!(matches!(parse_mb(b"512"), EnvMb::Value(b) if b == Budget::from_mb(512)));
-        assert!(matches!(parse_mb(b" 64 "), EnvMb::Value(b) if b == Budget::from_mb(64)));
-        assert!(matches!(parse_mb(b"0"), EnvMb::Value(b) if b.is_unlimited()));
-        assert!(matches!(parse_mb(b""), EnvMb::Unset));
-        assert!(matches!(parse_mb(b"  "), EnvMb::Unset));
-        assert!(matches!(parse_mb(b"512MB"), EnvMb::Invalid));
-        assert!(matches!(
-            parse_mb(b"99999999999999999999999"),
-            EnvMb::Invalid
-        ));
+        let value = |s: &[u8]| match parse_env_budget(s) {
+            EnvMb::Value(b) => Some(b),
+            _ => None,
+        };
+        // A number without a unit is mebibytes, as the name says.
+        assert_eq!(value(b"512"), Some(Budget::from_mb(512)));
+        assert_eq!(value(b" 64 "), Some(Budget::from_mb(64)));
+        assert_eq!(value(b"1.5"), Some(Budget::from_bytes(3 << 19)));
+        // Units as `Budget::from_str` reads them.
+        assert_eq!(value(b"512MB"), Some(Budget::from_mb(512)));
+        assert_eq!(value(b"512 MiB"), Some(Budget::from_mb(512)));
+        assert_eq!(value(b"2GiB"), Some(Budget::from_gb(2)));
+        assert_eq!(value(b"1.5g"), Some(Budget::from_mb(1536)));
+        assert_eq!(value(b"65536KiB"), Some(Budget::from_mb(64)));
+        assert_eq!(value(b"4096B"), Some(Budget::from_bytes(4096)));
+        // Zero in any unit, and the words, are no budget.
+        for none in [
+            &b"0"[..],
+            b"0MB",
+            b"0B",
+            b"unlimited",
+            b"Unlimited",
+            b"none",
+            b"off",
+        ] {
+            assert_eq!(
+                value(none),
+                Some(Budget::UNLIMITED),
+                "{}",
+                String::from_utf8_lossy(none)
+            );
+        }
+        assert!(matches!(parse_env_budget(b""), EnvMb::Unset));
+        assert!(matches!(parse_env_budget(b"  "), EnvMb::Unset));
+        for bad in [
+            &b"99999999999999999999999"[..],
+            b"16777216TiB",
+            b"512 parsecs",
+            b"-5",
+            b"MB",
+            b"0.0001B",
+            b"1e3",
+            b"512\xff",
+        ] {
+            assert!(
+                matches!(parse_env_budget(bad), EnvMb::Invalid),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -111,9 +111,15 @@ impl<A> Tracker<A> {
     }
 
     /// Sets the memory budget. The environment variable
-    /// `HEAPWATCH_MAX_MEMORY_MB` (whole mebibytes; `0` or `unlimited` for no
-    /// budget), when set and not empty, overrides this: it is read once, at
-    /// the process's first allocation (before `main`), without allocating.
+    /// `HEAPWATCH_MAX_MEMORY_MB`, when set and not empty, overrides this: it
+    /// is read once, at the process's first allocation (before `main`),
+    /// without allocating. It takes what [`Budget`]'s `FromStr` takes
+    /// (`512MB`, `2GiB`, `1.5GiB`, `unlimited`, `none`, `off`), except that
+    /// a number without a unit is mebibytes (`512`), and zero, in any unit,
+    /// means no budget. A value that does not parse (`512 parsecs`, `-1`)
+    /// is ignored, as if the variable were unset: this budget applies, and
+    /// [`budget_status`](crate::budget_status)`().env_var_invalid` is true
+    /// (`heapwatch_budget_env_var_invalid` is 1 in the Prometheus metrics).
     /// [`set_budget`](crate::set_budget) overrides both at run time.
     ///
     /// It applies from the process's first allocation, before `main`: a

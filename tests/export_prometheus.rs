@@ -281,6 +281,7 @@ const ALWAYS: &[(&str, &str)] = &[
     ("heapwatch_budget_denials_total", "counter"),
     ("heapwatch_budget_overages_total", "counter"),
     ("heapwatch_budget_level", "gauge"),
+    ("heapwatch_budget_env_var_invalid", "gauge"),
     ("heapwatch_budget_threshold_crossings_total", "counter"),
     ("heapwatch_overhead_bytes", "gauge"),
     ("heapwatch_overhead_blocks", "gauge"),
@@ -386,6 +387,10 @@ fn prometheus_exposition_is_valid_and_matches_the_snapshot() {
     assert!(budget.budget.is_unlimited());
     assert_eq!(e.value("heapwatch_budget_bytes", &[]), None);
     assert_eq!(e.get("heapwatch_budget_level"), 0.0);
+    assert_eq!(
+        e.get("heapwatch_budget_env_var_invalid"),
+        f64::from(u8::from(budget.env_var_invalid))
+    );
     match snap.process.rss_bytes {
         Some(rss) => assert_eq!(e.get("heapwatch_process_resident_memory_bytes"), rss as f64),
         None => assert_eq!(
@@ -424,7 +429,7 @@ fn prometheus_budget_figures_come_from_the_budget_status() {
         "warning_crossings": 3,
         "critical_crossings": 2,
         "exceeded_crossings": 1,
-        "env_var_invalid": false
+        "env_var_invalid": true
     }));
     let mut text = String::new();
     heapwatch::render_prometheus(&snap, &budget, &mut text);
@@ -433,6 +438,7 @@ fn prometheus_budget_figures_come_from_the_budget_status() {
     assert_eq!(e.get("heapwatch_budget_denials_total"), 4.0);
     assert_eq!(e.get("heapwatch_budget_overages_total"), 9.0);
     assert_eq!(e.get("heapwatch_budget_level"), 2.0);
+    assert_eq!(e.get("heapwatch_budget_env_var_invalid"), 1.0);
     for (level, n) in [("warning", 3.0), ("critical", 2.0), ("exceeded", 1.0)] {
         assert_eq!(
             e.value(
@@ -455,6 +461,7 @@ fn prometheus_budget_figures_come_from_the_budget_status() {
         let e = validate(&text);
         assert_eq!(e.get("heapwatch_budget_level"), v, "{level}");
         assert_eq!(e.value("heapwatch_budget_bytes", &[]), None);
+        assert_eq!(e.get("heapwatch_budget_env_var_invalid"), 0.0);
     }
     promtool_check(&text);
 }

@@ -214,6 +214,12 @@ fn render(snapshot: &Snapshot, budget: &BudgetStatus, out: &mut String) {
         "Budget level: 0 normal, 1 warning, 2 critical, 3 exceeded.",
         level_value(budget.level),
     );
+    o.single(
+        "heapwatch_budget_env_var_invalid",
+        Gauge,
+        "1 when HEAPWATCH_MAX_MEMORY_MB was set but could not be parsed, and was ignored (the tracker's own budget applies); else 0.",
+        u8::from(budget.env_var_invalid),
+    );
     o.family(
         "heapwatch_budget_threshold_crossings_total",
         Counter,
