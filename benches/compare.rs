@@ -19,7 +19,9 @@
 //! `jemalloc_prof` worker is not built and that column is skipped.
 //!
 //! Options: `--rounds N` (default 5), `--workloads a,b`, `--configs a,b`,
-//! `--fp-dir DIR`.
+//! `--fp-dir DIR`. The configurations `floor_bare`, `floor_counts` and
+//! `floor_all` (the floor model of `benches/floor.rs`, as whole programs'
+//! allocators) run only when `--configs` names them.
 //!
 //! # The frame-pointer configuration (`hw_all_fp`)
 //!
@@ -62,7 +64,15 @@ const CONFIGS: &[(&str, &str)] = &[
     ("hw_all", "heapwatch exact (backtrace)"),
     ("hw_all_cfi", "heapwatch exact (CFI cache)"),
     ("hw_all_fp", "heapwatch exact (frame pointers)"),
+    ("floor_bare", "floor model: a bare wrapper"),
+    ("floor_counts", "floor model: exact counters only"),
+    ("floor_all", "floor model: every part of `Off`"),
 ];
+
+/// Configurations run only when `--configs` names them: the floor model
+/// (`benches/compare/floor_model.rs`), which measures what heapwatch's
+/// parts cost, not a peer.
+const OPT_IN_PREFIX: &str = "floor_";
 
 /// The configuration built with frame pointers, in a target directory of
 /// its own.
@@ -97,7 +107,11 @@ struct Run {
 fn main() {
     let mut rounds = 5usize;
     let mut workloads: Vec<String> = WORKLOADS.iter().map(|s| s.to_string()).collect();
-    let mut configs: Vec<String> = CONFIGS.iter().map(|(c, _)| c.to_string()).collect();
+    let mut configs: Vec<String> = CONFIGS
+        .iter()
+        .map(|(c, _)| c.to_string())
+        .filter(|c| !c.starts_with(OPT_IN_PREFIX))
+        .collect();
     let mut fp_dir: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
