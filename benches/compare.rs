@@ -19,9 +19,10 @@
 //! `jemalloc_prof` worker is not built and that column is skipped.
 //!
 //! Options: `--rounds N` (default 5), `--workloads a,b`, `--configs a,b`,
-//! `--fp-dir DIR`. The configurations `floor_bare`, `floor_counts` and
-//! `floor_all` (the floor model of `benches/floor.rs`, as whole programs'
-//! allocators) run only when `--configs` names them.
+//! `--fp-dir DIR`. The `floor_*` configurations (the floor model of
+//! `benches/floor.rs` as whole programs' allocators, one part added at a
+//! time: `floor_bare`, `floor_counts`, `floor_budget`, `floor_guard`,
+//! `floor_filter`, `floor_all`) run only when `--configs` names them.
 //!
 //! # The frame-pointer configuration (`hw_all_fp`)
 //!
@@ -66,6 +67,9 @@ const CONFIGS: &[(&str, &str)] = &[
     ("hw_all_fp", "heapwatch exact (frame pointers)"),
     ("floor_bare", "floor model: a bare wrapper"),
     ("floor_counts", "floor model: exact counters only"),
+    ("floor_budget", "floor model: + the budget's limits"),
+    ("floor_guard", "floor model: + the reentrancy guard"),
+    ("floor_filter", "floor model: + the free filter"),
     ("floor_all", "floor model: every part of `Off`"),
 ];
 
