@@ -1,16 +1,7 @@
 //! Whole-process comparison worker: the floor model over jemalloc
-//! (`floor_model.rs`) with `dealloc` out of line, the thread's word and the four exact counters: the least that keeps exact totals.
+//! (`floor_model.rs`) with `dealloc` out of line, the thread's word and the
+//! four exact counters: the least that keeps exact totals.
 
-#[path = "floor_model.rs"]
-mod floor_model;
+const PARTS: u32 = OUT_OF_LINE | WORD | COUNTS;
 
-#[global_allocator]
-static GLOBAL: floor_model::Floor<
-    { floor_model::OUT_OF_LINE | floor_model::WORD | floor_model::COUNTS },
-> = floor_model::Floor;
-
-include!("workloads.rs");
-
-fn main() {
-    run_from_args(|| {});
-}
+include!("floor_worker.rs");

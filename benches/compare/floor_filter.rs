@@ -1,23 +1,7 @@
 //! Whole-process comparison worker: the floor model over jemalloc
-//! (`floor_model.rs`) with every part of `Sampling::Off`'s fast path but the sampling countdown.
+//! (`floor_model.rs`) with every part of `Sampling::Off`'s fast path but the
+//! sampling countdown.
 
-#[path = "floor_model.rs"]
-mod floor_model;
+const PARTS: u32 = OUT_OF_LINE | WORD | COUNTS | BUDGET | GUARD | FILTER;
 
-#[global_allocator]
-static GLOBAL: floor_model::Floor<
-    {
-        floor_model::OUT_OF_LINE
-            | floor_model::WORD
-            | floor_model::COUNTS
-            | floor_model::BUDGET
-            | floor_model::GUARD
-            | floor_model::FILTER
-    },
-> = floor_model::Floor;
-
-include!("workloads.rs");
-
-fn main() {
-    run_from_args(|| {});
-}
+include!("floor_worker.rs");
