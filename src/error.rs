@@ -64,6 +64,21 @@ pub enum Error {
         /// variable (else from `ServerBuilder::token`).
         from_env: bool,
     },
+    /// A bearer token for the endpoint that no client could send in an
+    /// `Authorization` header, so every request would get `401`: it begins
+    /// or ends with whitespace (which a header's value loses: a token read
+    /// from a file with its final newline), or holds a control character
+    /// (which a header's value cannot carry). From
+    /// `ServerBuilder::token(Some(..))` (`from_env: false`) or the
+    /// `HEAPWATCH_TOKEN` environment variable (`from_env: true`).
+    #[error("{} {reason}", if *.from_env { "HEAPWATCH_TOKEN" } else { "the token given to ServerBuilder::token" })]
+    UnsendableToken {
+        /// Whether the token came from the `HEAPWATCH_TOKEN` environment
+        /// variable (else from `ServerBuilder::token`).
+        from_env: bool,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The server was asked to bind an address other than loopback without
     /// `ServerBuilder::allow_non_loopback`.
     #[error("refusing to serve heap data on non-loopback address {addr} (call ServerBuilder::allow_non_loopback(true) to allow it)")]

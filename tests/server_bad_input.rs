@@ -644,7 +644,8 @@ fn allowed_host_names_that_cannot_match_are_refused() {
 }
 
 /// An empty or all-whitespace token is refused, not read as "no token"
-/// (`token(Some(""))` used to serve without authentication). The
+/// (`token(Some(""))` used to serve without authentication), and so is one
+/// no client could send (it answered every request with 401). The
 /// environment variable's cases run in child processes of this test, since
 /// the other tests here read the variable.
 #[test]
@@ -698,6 +699,19 @@ fn empty_tokens_are_refused() {
             s.shutdown();
             return;
         }
+        Ok("newline") => {
+            let e = ServerBuilder::new()
+                .addr("127.0.0.1:0")
+                .serve()
+                .map(|s| s.shutdown())
+                .expect_err("a HEAPWATCH_TOKEN ending in a newline is refused");
+            assert!(
+                matches!(e, heapwatch::Error::UnsendableToken { from_env: true, .. }),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("HEAPWATCH_TOKEN"), "{e}");
+            return;
+        }
         Ok("non_utf8") => {
             // A token that is not UTF-8 is still a token (it was ignored,
             // and the endpoint served without one).
@@ -731,7 +745,35 @@ fn empty_tokens_are_refused() {
         );
         assert!(e.to_string().contains("pass None"), "{e}");
     }
+    // A token no client could send would answer every request with 401.
+    for (token, why) in [
+        ("s3cret\n", "whitespace"),
+        (" s3cret", "whitespace"),
+        ("s3cret\t", "whitespace"),
+        ("s3\ncret", "control character"),
+        ("s3\u{1}cret", "control character"),
+        ("s3\u{7f}cret", "control character"),
+    ] {
+        let e = ServerBuilder::new()
+            .addr("127.0.0.1:0")
+            .token(Some(token.to_string()))
+            .serve()
+            .map(|s| s.shutdown())
+            .expect_err(token);
+        assert!(
+            matches!(
+                e,
+                heapwatch::Error::UnsendableToken {
+                    from_env: false,
+                    ..
+                }
+            ),
+            "{token:?}: {e:?}"
+        );
+        assert!(e.to_string().contains(why), "{token:?}: {e}");
+    }
     for (value, mode) in [
+        ("tok\n".into(), "newline"),
         (" \t ".into(), "blank"),
         ("".into(), "empty"),
         ("from env".into(), "set"),

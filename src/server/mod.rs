@@ -235,7 +235,9 @@ impl ServerBuilder {
     /// Require `Authorization: Bearer <token>` on every request (`None`: no
     /// token, even if `HEAPWATCH_TOKEN` is set). A token that is empty or
     /// only whitespace is not "no token": [`serve`](ServerBuilder::serve)
-    /// refuses it with [`Error::EmptyToken`].
+    /// refuses it with [`Error::EmptyToken`]; one that no client could send
+    /// (whitespace at either end, such as a file's final newline, or a
+    /// control character) with [`Error::UnsendableToken`].
     ///
     /// When never called, the token is read from the `HEAPWATCH_TOKEN`
     /// environment variable when the server starts: unset or empty, no
@@ -388,6 +390,7 @@ impl ServerBuilder {
                 });
             }
         }
+        let token_from_env = self.token.is_none();
         let token = match self.token {
             Some(Some(t)) if t.as_bytes().trim_ascii().is_empty() => {
                 return Err(Error::EmptyToken { from_env: false })
@@ -402,6 +405,12 @@ impl ServerBuilder {
                 t => t,
             },
         };
+        if let Some(reason) = token.as_deref().and_then(unsendable_token) {
+            return Err(Error::UnsendableToken {
+                from_env: token_from_env,
+                reason,
+            });
+        }
         let listener = TcpListener::bind(&addrs[..])
             .map_err(|e| Error::io(format!("binding {}", describe(&addrs)), e))?;
         let local_addr = listener
@@ -451,6 +460,22 @@ impl ServerBuilder {
             stop: Some(stop),
         })
     }
+}
+
+/// Why a bearer token could not be sent in an `Authorization` header, if
+/// it could not: a header's value loses the whitespace at its ends, and
+/// cannot carry control characters (bytes below 0x20 but tab, and 0x7F).
+fn unsendable_token(token: &[u8]) -> Option<&'static str> {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    if token.first().is_some_and(space) || token.last().is_some_and(space) {
+        return Some("begins or ends with whitespace, which a header's value loses (a newline read from a file?)");
+    }
+    if token.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Some(
+            "holds a control character (such as a newline), which a header's value cannot carry",
+        );
+    }
+    None
 }
 
 fn describe(addrs: &[SocketAddr]) -> String {
