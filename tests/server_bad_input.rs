@@ -178,8 +178,42 @@ fn bad_requests_get_json_errors() {
         b"DELETE /heap HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert_error(&r, 405, &["DELETE"]);
-    assert!(r.to_ascii_lowercase().contains("\r\nallow: get\r\n"), "{r}");
+    assert!(
+        r.to_ascii_lowercase().contains("\r\nallow: get, head\r\n"),
+        "{r}"
+    );
     assert_good(addr, "an unknown method");
+
+    // HEAD is answered as GET, without the body (curl -I).
+    let full = get(addr, "/metrics", "");
+    let head = exchange(
+        addr,
+        b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&head), Some(200), "{head}");
+    let (head_fields, head_body) = head.split_once("\r\n\r\n").expect("a head");
+    assert_eq!(head_body, "", "HEAD sent a body: {head}");
+    let lower = head_fields.to_ascii_lowercase();
+    assert!(lower.contains("content-type: text/plain"), "{head}");
+    let length = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .expect("HEAD gives the body's length");
+    let (_, full_body) = full.split_once("\r\n\r\n").expect("a GET response");
+    // The two readings are moments apart: the same text but for figures
+    // that moved (a few digits).
+    assert!(
+        length.abs_diff(full_body.len()) < 200,
+        "{length} vs {}",
+        full_body.len()
+    );
+    let head = exchange(
+        addr,
+        b"HEAD /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&head), Some(404), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD sent a body: {head}");
 
     let r = exchange(
         addr,

@@ -139,7 +139,7 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Resp {
             let mut r = error_response(e.status, &e.message);
             if e.status == StatusCode::METHOD_NOT_ALLOWED {
                 r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET"));
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             }
             if e.status == StatusCode::PAYLOAD_TOO_LARGE {
                 r.headers_mut()
@@ -192,7 +192,7 @@ async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiErro
     let not_allowed = || {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("method {} not allowed (use GET)", req.method()),
+            format!("method {} not allowed (use GET or HEAD)", req.method()),
         )
     };
     let route = match route {
@@ -206,7 +206,9 @@ async fn respond(state: &State, req: &Request<Incoming>) -> Result<Resp, ApiErro
             ))
         }
     };
-    if req.method() != Method::GET {
+    // `HEAD` is answered as `GET` is (RFC 9110, 9.3.2): hyper sends the
+    // status and headers, with the body's `Content-Length`, and not the body.
+    if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(not_allowed());
     }
     if !req.body().is_end_stream() {
