@@ -188,6 +188,23 @@ impl BadSize<'_> {
     }
 }
 
+/// The units a size may name (in any ASCII case), with their power of two.
+const UNITS: [(&str, u32); 13] = [
+    ("b", 0),
+    ("k", 10),
+    ("kb", 10),
+    ("kib", 10),
+    ("m", 20),
+    ("mb", 20),
+    ("mib", 20),
+    ("g", 30),
+    ("gb", 30),
+    ("gib", 30),
+    ("t", 40),
+    ("tb", 40),
+    ("tib", 40),
+];
+
 /// Parses a trimmed budget as [`Budget`]'s `FromStr` documents it, a
 /// number without a unit counting `1 << default_shift` bytes (0: bytes;
 /// 20: mebibytes, for the environment variable). Never allocates nor
@@ -216,34 +233,16 @@ fn parse_size(t: &str, default_shift: u32) -> Result<Budget, BadSize<'_>> {
         return Err(BadSize::NotANumber);
     };
     let unit = unit.trim();
-    let shift = match unit.len() {
-        0 => default_shift,
-        _ if unit.eq_ignore_ascii_case("b") => 0,
-        _ if ["k", "kb", "kib"]
+    let shift = if unit.is_empty() {
+        default_shift
+    } else {
+        match UNITS
             .iter()
-            .any(|u| unit.eq_ignore_ascii_case(u)) =>
+            .find(|(name, _)| unit.eq_ignore_ascii_case(name))
         {
-            10
+            Some(&(_, shift)) => shift,
+            None => return Err(BadSize::UnknownUnit(unit)),
         }
-        _ if ["m", "mb", "mib"]
-            .iter()
-            .any(|u| unit.eq_ignore_ascii_case(u)) =>
-        {
-            20
-        }
-        _ if ["g", "gb", "gib"]
-            .iter()
-            .any(|u| unit.eq_ignore_ascii_case(u)) =>
-        {
-            30
-        }
-        _ if ["t", "tb", "tib"]
-            .iter()
-            .any(|u| unit.eq_ignore_ascii_case(u)) =>
-        {
-            40
-        }
-        _ => return Err(BadSize::UnknownUnit(unit)),
     };
     // Whole numbers are parsed exactly (a u64 and a checked shift), so
     // every byte count round-trips through Display; only a fraction goes

@@ -677,135 +677,109 @@ fn allowed_host_names_that_cannot_match_are_refused() {
     }
 }
 
-/// An empty or all-whitespace token is refused, not read as "no token"
-/// (`token(Some(""))` used to serve without authentication), and so is one
-/// no client could send (it answered every request with 401). The
-/// environment variable's cases run in child processes of this test, since
-/// the other tests here read the variable.
+/// `serve` of `builder` on a free loopback port.
+fn serve_any_port(builder: ServerBuilder) -> Result<ServerHandle, heapwatch::Error> {
+    builder.addr("127.0.0.1:0").serve()
+}
+
+/// What `serve` says to `builder` on a free loopback port, which must
+/// refuse it (`what` names the case).
+fn refused(builder: ServerBuilder, what: &str) -> heapwatch::Error {
+    serve_any_port(builder)
+        .map(|s| s.shutdown())
+        .expect_err(what)
+}
+
+/// Tokens that would protect nothing, or that no client could send, are
+/// refused by `serve`, whether given or read from `HEAPWATCH_TOKEN`.
 #[test]
 fn empty_tokens_are_refused() {
+    use heapwatch::Error::{EmptyToken, UnsendableToken};
     const CHILD: &str = "HEAPWATCH_TEST_TOKEN_CHILD";
     match std::env::var(CHILD).as_deref() {
         Ok("blank") => {
-            let e = ServerBuilder::new()
-                .addr("127.0.0.1:0")
-                .serve()
-                .map(|s| s.shutdown())
-                .expect_err("a HEAPWATCH_TOKEN of only whitespace is refused");
-            assert!(
-                matches!(e, heapwatch::Error::EmptyToken { from_env: true }),
-                "{e:?}"
-            );
+            let e = refused(ServerBuilder::new(), "a HEAPWATCH_TOKEN of only whitespace");
+            assert!(matches!(e, EmptyToken { from_env: true }), "{e:?}");
             assert!(e.to_string().contains("HEAPWATCH_TOKEN"), "{e}");
             // `token(None)` does not read the variable.
-            let s = ServerBuilder::new()
-                .addr("127.0.0.1:0")
-                .token(None)
-                .serve()
+            let s = serve_any_port(ServerBuilder::new().token(None))
                 .expect("token(None) serves without a token");
             assert_good(s.local_addr(), "token(None)");
             s.shutdown();
             return;
         }
+        Ok("newline") => {
+            let e = refused(
+                ServerBuilder::new(),
+                "a HEAPWATCH_TOKEN ending in a newline",
+            );
+            assert!(matches!(e, UnsendableToken { from_env: true, .. }), "{e:?}");
+            assert!(e.to_string().contains("HEAPWATCH_TOKEN"), "{e}");
+            return;
+        }
         Ok("empty") => {
             // Set but empty: no token, as documented.
-            let s = ServerBuilder::new()
-                .addr("127.0.0.1:0")
-                .serve()
+            let s = serve_any_port(ServerBuilder::new())
                 .expect("an empty HEAPWATCH_TOKEN means no token");
             assert_good(s.local_addr(), "an empty HEAPWATCH_TOKEN");
             s.shutdown();
             return;
         }
-        Ok("set") => {
-            let s = ServerBuilder::new()
-                .addr("127.0.0.1:0")
-                .serve()
-                .expect("serve with the variable's token");
-            let r = get(s.local_addr(), "/heap/history", "");
-            assert_error(&r, 401, &["token"]);
-            let r = get(
-                s.local_addr(),
-                "/heap/history",
-                "Authorization: Bearer from env\r\n",
-            );
-            assert_eq!(status(&r), Some(200), "{r}");
-            s.shutdown();
-            return;
-        }
-        Ok("newline") => {
-            let e = ServerBuilder::new()
-                .addr("127.0.0.1:0")
-                .serve()
-                .map(|s| s.shutdown())
-                .expect_err("a HEAPWATCH_TOKEN ending in a newline is refused");
-            assert!(
-                matches!(e, heapwatch::Error::UnsendableToken { from_env: true, .. }),
-                "{e:?}"
-            );
-            assert!(e.to_string().contains("HEAPWATCH_TOKEN"), "{e}");
-            return;
-        }
-        Ok("non_utf8") => {
+        Ok(mode @ ("set" | "non_utf8")) => {
             // A token that is not UTF-8 is still a token (it was ignored,
             // and the endpoint served without one).
-            let s = ServerBuilder::new()
-                .addr("127.0.0.1:0")
-                .serve()
-                .expect("serve with the variable's token");
+            let s = serve_any_port(ServerBuilder::new()).expect("serve with the variable's token");
             let r = get(s.local_addr(), "/heap/history", "");
             assert_error(&r, 401, &["token"]);
-            let r = exchange(
-                s.local_addr(),
-                b"GET /heap/history HTTP/1.1\r\nHost: localhost\r\n\
-                  Authorization: Bearer tok\xff\r\nConnection: close\r\n\r\n",
-            );
+            let token: &[u8] = if mode == "set" {
+                b"from env"
+            } else {
+                b"tok\xff"
+            };
+            let request = [
+                &b"GET /heap/history HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "[..],
+                token,
+                b"\r\nConnection: close\r\n\r\n",
+            ]
+            .concat();
+            let r = exchange(s.local_addr(), &request);
             assert_eq!(status(&r), Some(200), "{r}");
             s.shutdown();
             return;
         }
         _ => {}
     }
-    for token in ["", " ", "\t \r\n"] {
-        let e = ServerBuilder::new()
-            .addr("127.0.0.1:0")
-            .token(Some(token.to_string()))
-            .serve()
-            .map(|s| s.shutdown())
-            .expect_err(token);
-        assert!(
-            matches!(e, heapwatch::Error::EmptyToken { from_env: false }),
-            "{token:?}: {e:?}"
-        );
-        assert!(e.to_string().contains("pass None"), "{e}");
-    }
-    // A token no client could send would answer every request with 401.
-    for (token, why) in [
-        ("s3cret\n", "whitespace"),
-        (" s3cret", "whitespace"),
-        ("s3cret\t", "whitespace"),
-        ("s3\ncret", "control character"),
-        ("s3\u{1}cret", "control character"),
-        ("s3\u{7f}cret", "control character"),
+    // Empty or only whitespace: refused, not read as "no token"
+    // (`token(Some(""))` served without authentication). One no client
+    // could send: refused (it answered every request with 401).
+    for (token, unsendable, says) in [
+        ("", false, "pass None"),
+        (" ", false, "pass None"),
+        ("\t \r\n", false, "pass None"),
+        ("s3cret\n", true, "whitespace"),
+        (" s3cret", true, "whitespace"),
+        ("s3cret\t", true, "whitespace"),
+        ("s3\ncret", true, "control character"),
+        ("s3\u{1}cret", true, "control character"),
+        ("s3\u{7f}cret", true, "control character"),
     ] {
-        let e = ServerBuilder::new()
-            .addr("127.0.0.1:0")
-            .token(Some(token.to_string()))
-            .serve()
-            .map(|s| s.shutdown())
-            .expect_err(token);
-        assert!(
+        let e = refused(ServerBuilder::new().token(Some(token.to_string())), token);
+        let right_kind = if unsendable {
             matches!(
                 e,
-                heapwatch::Error::UnsendableToken {
+                UnsendableToken {
                     from_env: false,
                     ..
                 }
-            ),
-            "{token:?}: {e:?}"
-        );
-        assert!(e.to_string().contains(why), "{token:?}: {e}");
+            )
+        } else {
+            matches!(e, EmptyToken { from_env: false })
+        };
+        assert!(right_kind, "{token:?}: {e:?}");
+        assert!(e.to_string().contains(says), "{token:?}: {e}");
     }
+    // The environment variable's cases run in child processes of this
+    // test, since the other tests here read the variable.
     for (value, mode) in [
         ("tok\n".into(), "newline"),
         (" \t ".into(), "blank"),
