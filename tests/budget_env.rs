@@ -4,7 +4,7 @@
 //! ignored and flagged, also on `/metrics`. The variable must be set before the process
 //! starts, so the test runs itself again as a child process.
 
-use std::process::Command;
+mod common;
 
 use heapwatch::{Budget, Tracker};
 
@@ -73,17 +73,12 @@ fn env_var_sets_the_budget() {
         ("-48", "invalid"),
         ("", "empty"),
     ] {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "env_var_sets_the_budget", "--nocapture"])
-            .env(CHILD, mode)
-            .env("HEAPWATCH_MAX_MEMORY_MB", value)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "child ({value}) failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        common::pass_in_child(
+            "env_var_sets_the_budget",
+            CHILD,
+            mode,
+            "HEAPWATCH_MAX_MEMORY_MB",
+            value,
         );
     }
 }

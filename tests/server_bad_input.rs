@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use heapwatch::{ServerBuilder, ServerHandle, Tracker};
 
+mod common;
+
 #[global_allocator]
 static GLOBAL: Tracker<std::alloc::System> = Tracker::new(std::alloc::System);
 
@@ -790,17 +792,12 @@ fn empty_tokens_are_refused() {
             "non_utf8",
         ),
     ] {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "empty_tokens_are_refused", "--nocapture"])
-            .env(CHILD, mode)
-            .env("HEAPWATCH_TOKEN", value)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "child ({mode}) failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        common::pass_in_child(
+            "empty_tokens_are_refused",
+            CHILD,
+            mode,
+            "HEAPWATCH_TOKEN",
+            value,
         );
     }
 }

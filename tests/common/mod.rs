@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::OsStr;
 use std::hint::black_box;
 
 use heapwatch::Stats;
@@ -213,4 +214,26 @@ pub fn figures_at(snap: &heapwatch::Snapshot, function: &str) -> (u64, u64, u64,
             a.3 + c.live_bytes,
         )
     })
+}
+
+/// Runs the test `test` of this test binary again in a child process, with
+/// the environment variable `child_var` set to `mode` (which the test reads
+/// to know which case it is) and `var` set to `value`, and fails naming
+/// both and the child's output unless the child passes. For settings read
+/// once per process (at the first allocation, or by other tests of the same
+/// binary), which must be set before the process starts.
+pub fn pass_in_child(test: &str, child_var: &str, mode: &str, var: &str, value: impl AsRef<OsStr>) {
+    let value = value.as_ref();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(child_var, mode)
+        .env(var, value)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child ({mode}, {var}={value:?}) failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
